@@ -37,10 +37,13 @@ class Event:
     sender: str = ""  # authenticated sender identity (org id, token name, app id)
     raw_digest: str = ""  # sha256 hex of the request body that carried it (evidence)
     inbox_id: int | None = None  # set once stored
+    key: str | None = None  # explicit ordering key (timers); otherwise derived below
 
     @property
     def ordering_key(self) -> str:
         """Events with the same key are applied one at a time, in the order they occurred."""
+        if self.key:
+            return self.key
         if self.object and self.record_id:
             return f"{self.object}/{self.record_id}"
         if self.actor:

@@ -1,0 +1,7 @@
+"""`python -m plugin`."""
+
+import sys
+
+from plugin.cli import main
+
+sys.exit(main())

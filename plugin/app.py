@@ -1,0 +1,39 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+from plugin import logs, migrate, routes
+from plugin.config import Config, load_config
+from plugin.inbox import committer_for
+from plugin.runtime import Runtime
+from plugin.storage import get_engine
+
+
+def create_app(config: Config | None = None, overrides: Mapping[str, Any] | None = None) -> Flask:
+    """Build the WSGI app: configuration, storage (migrated), routes, logging."""
+    config = config or load_config(overrides=overrides)
+    app = Flask("onrecord")
+    app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
+    engine = get_engine(config.storage.url)
+    migrate.upgrade(engine)
+    app.extensions["onrecord"] = Runtime(
+        config=config, engine=engine, committer=committer_for(engine, config.storage.group_commit_max)
+    )
+    logs.init_app(app)
+    routes.init_app(app)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        # JSON for every error, with a reason a script (and a metric) can key on.
+        reason = (exc.name or "error").lower().replace(" ", "_")
+        resp = app.json.response({"error": exc.description, "reason": reason})
+        resp.status_code = exc.code or 500
+        return resp
+
+    return app

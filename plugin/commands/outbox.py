@@ -1,0 +1,129 @@
+"""`outbox` and `deadletters`: what is waiting, what went out, what was given up on."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from plugin.cli import print_json
+from plugin.config import Config
+from plugin.stats import pipeline_stats
+from plugin.storage import begin_write, get_engine, inbox, outbox
+
+
+def _rows(conn: sa.Connection, status: str, limit: int) -> list[dict[str, Any]]:
+    cols = [
+        outbox.c.id,
+        outbox.c.target,
+        outbox.c.object,
+        outbox.c.record_key,
+        outbox.c.operation,
+        outbox.c.payload,
+        outbox.c.attempts,
+        outbox.c.next_attempt_at,
+        outbox.c.last_error,
+        outbox.c.created_at,
+        outbox.c.sent_at,
+    ]
+    order = outbox.c.id.desc() if status == "sent" else outbox.c.id
+    stmt = sa.select(*cols).where(outbox.c.status == status).order_by(order).limit(limit)
+    return [dict(r._mapping) for r in conn.execute(stmt)]
+
+
+def run_outbox(args: argparse.Namespace, config: Config) -> int:
+    """Counts, then the oldest pending, newest sent and oldest dead rows."""
+    engine = get_engine(config.storage.url)
+    stats = pipeline_stats(engine)
+    with engine.connect() as conn:
+        listing = {s: _rows(conn, s, args.limit) for s in ("pending", "sent", "dead")}
+    counts = {"pending": stats.outbox_pending, "sent": stats.outbox_sent, "dead": stats.outbox_dead}
+    if args.json:
+        print_json({"counts": counts, **listing})
+        return 0
+    print(f"outbox: {counts['pending']} pending, {counts['sent']} sent, {counts['dead']} dead")
+    for status, rows in listing.items():
+        if rows:
+            print(f"\n{status}:")
+        for r in rows:
+            when = r["sent_at"] if status == "sent" else r["next_attempt_at"]
+            line = f"  {r['id']:>8} {r['operation']:<7} {r['object']}/{r['record_key']}"
+            line += f" fields={sorted(r['payload'])}"
+            line += f" attempts={r['attempts']} {when:%Y-%m-%d %H:%M:%S}"
+            if r["last_error"]:
+                line += f"\n           error: {r['last_error']}"
+            print(line)
+    return 0
+
+
+def run_deadletters(args: argparse.Namespace, config: Config) -> int:
+    """`list` or `retry`."""
+    engine = get_engine(config.storage.url)
+    if args.action == "list":
+        return _list(engine, args.json)
+    return _retry(engine, args.ids, args.all)
+
+
+def _list(engine: sa.Engine, as_json: bool) -> int:
+    with engine.connect() as conn:
+        writes = _rows(conn, "dead", 10_000)
+        events = [
+            dict(r._mapping)
+            for r in conn.execute(
+                sa.select(
+                    inbox.c.id,
+                    inbox.c.source,
+                    inbox.c.delivery_id,
+                    inbox.c.kind,
+                    inbox.c.ordering_key,
+                    inbox.c.attempts,
+                    inbox.c.error,
+                    inbox.c.received_at,
+                )
+                .where(inbox.c.status == "parked")
+                .order_by(inbox.c.id)
+            )
+        ]
+    if as_json:
+        print_json({"writes": writes, "events": events})
+        return 0
+    if not writes and not events:
+        print("no dead letters")
+    for w in writes:
+        print(f"write:{w['id']} {w['operation']} {w['object']}/{w['record_key']} attempts={w['attempts']}")
+        print(f"    error: {w['last_error']}")
+    for e in events:
+        print(f"event:{e['id']} {e['source']} {e['kind']} {e['ordering_key']} attempts={e['attempts']}")
+        print(f"    error: {e['error']}")
+    return 0
+
+
+def _retry(engine: sa.Engine, ids: list[str], everything: bool) -> int:
+    if not ids and not everything:
+        print("name the dead letters to retry (write:N, event:N) or pass --all")
+        return 2
+    write_ids: list[int] = []
+    event_ids: list[int] = []
+    for raw in ids:
+        kind, _, number = raw.rpartition(":")
+        if kind not in ("", "write", "event") or not number.isdigit():
+            print(f"{raw!r} is not a dead letter id (write:N, event:N or N)")
+            return 2
+        (event_ids if kind == "event" else write_ids).append(int(number))
+    now = datetime.now(UTC)
+    with begin_write(engine) as conn:
+        w = outbox.update().where(outbox.c.status == "dead")
+        e = inbox.update().where(inbox.c.status == "parked")
+        if not everything:
+            w = w.where(outbox.c.id.in_(write_ids))
+            e = e.where(inbox.c.id.in_(event_ids))
+        writes = conn.execute(w.values(status="pending", attempts=0, next_attempt_at=now)).rowcount
+        events = conn.execute(e.values(status="pending")).rowcount
+    print(f"requeued {writes} write(s) and {events} event(s)")
+    missing = len(write_ids) + len(event_ids) - writes - events
+    if not everything and missing:
+        print(f"{missing} of the named ids were not dead letters")
+        return 1
+    return 0

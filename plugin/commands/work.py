@@ -1,0 +1,98 @@
+"""`worker`: the rules worker and the dispatcher, each in its own thread, until told to stop."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from plugin import logs, migrate
+from plugin.config import Config
+from plugin.dispatch import Dispatcher
+from plugin.rules import load_rules
+from plugin.storage import get_engine
+from plugin.worker import Worker, worker_id
+from plugin.writers import build_writer
+
+log = logging.getLogger("plugin.worker")
+
+
+def build(config: Config) -> tuple[Worker, Dispatcher]:
+    """A worker and a dispatcher for this configuration."""
+    engine = get_engine(config.storage.url)
+    migrate.upgrade(engine)
+    owner = worker_id()
+    w = config.worker
+    worker = Worker(
+        engine, load_rules(config), batch_size=w.batch_size, lease_seconds=w.lease_seconds, owner=owner
+    )
+    d = config.dispatch
+    dispatcher = Dispatcher(
+        engine,
+        build_writer(config, engine),
+        owner=owner,
+        batch_size=d.batch_size,
+        claim_size=d.claim_size,
+        max_attempts=d.max_attempts,
+        backoff_base_seconds=d.backoff_base_seconds,
+        backoff_max_seconds=d.backoff_max_seconds,
+        lease_seconds=d.lease_seconds,
+    )
+    return worker, dispatcher
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    """Loop until SIGTERM/SIGINT (or, with --once, until there is nothing left to do)."""
+    logs.configure(config)
+    worker, dispatcher = build(config)
+    if args.once:
+        while worker.run_once().done or dispatcher.run_once().calls:
+            pass
+        return 0
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    interval = config.worker.poll_interval_seconds
+    parent = args.parent_pid
+
+    def orphaned() -> bool:
+        return parent is not None and os.getppid() != parent
+
+    threads = [
+        threading.Thread(
+            target=_loop, args=("rules", lambda: worker.run_once().done, stop, interval), daemon=True
+        ),
+        threading.Thread(
+            target=_loop, args=("dispatch", lambda: dispatcher.run_once().calls, stop, interval), daemon=True
+        ),
+    ]
+    for t in threads:
+        t.start()
+    log.info("worker started", extra={"owner": worker.owner, "rules": [r.name for r in worker.rules]})
+    while not stop.wait(1.0):
+        if orphaned():  # `serve` died (even by kill -9): do not linger
+            log.warning("parent process is gone; stopping")
+            stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    log.info("worker stopped")
+    return 0
+
+
+def _loop(name: str, step: Callable[[], Any], stop: threading.Event, interval: float) -> None:
+    """Run `step` until stopped; sleep only when it found nothing to do; survive its errors."""
+    backoff = interval
+    while not stop.is_set():
+        try:
+            busy = step()
+            backoff = interval
+        except Exception:  # keep going: the database may be back in a moment
+            log.exception("%s pass failed", name, extra={"reason": f"{name}_failed"})
+            busy = False
+            backoff = min(backoff * 2, 30.0)
+        if not busy:
+            stop.wait(backoff)

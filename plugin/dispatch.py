@@ -1,0 +1,274 @@
+"""The dispatcher: outbox rows out to the CRM in as few calls as possible, never lost, never doubled.
+
+One dispatcher is active at a time across all workers (a lease in `jobs`), so writes to one
+record leave in the order they were decided. Each pass claims due rows together with every
+other pending row of the same records, coalesces them per record (latest occurrence wins per
+field), sends at most `batch_size` records of one object per call, and records each row's fate:
+sent, retried later with exponential backoff and jitter, or dead with the CRM's own error.
+Upserts by external id and updates by record id are idempotent, so a crash between the call
+and the bookkeeping only ever re-sends the same values.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from plugin import metrics
+from plugin.crm import CrmError, CrmPaused, CrmWriter, RecordResult, RecordWrite, WriteBatch
+from plugin.leases import hold_lease
+from plugin.storage import begin_write, outbox
+
+log = logging.getLogger(__name__)
+
+PAUSE_RETRY = timedelta(seconds=60)
+
+# Delivers notification rows; returns one result per row. The default has no subscribers.
+Notifier = Callable[[Sequence[Any]], list[RecordResult]]
+
+
+def no_subscribers(rows: Sequence[Any]) -> list[RecordResult]:
+    """Nobody subscribed: a notification is done once recorded."""
+    return [RecordResult(ok=True) for _ in rows]
+
+
+@dataclass(frozen=True)
+class DispatchResult:
+    """What one pass did."""
+
+    calls: int
+    sent: int
+    retried: int
+    dead: int
+
+
+@dataclass
+class _Pending:
+    """One record's coalesced write and the outbox rows it stands for."""
+
+    object: str
+    operation: str
+    external_id_field: str | None
+    record_key: str
+    fields: dict[str, Any]
+    row_ids: list[int]
+    attempts: int  # the most any of its rows has had
+
+
+def coalesce(rows: Sequence[Any]) -> list[_Pending]:
+    """Merge rows per record; rows must be given oldest first (occurred_at, id)."""
+    merged: dict[tuple[str, str, str | None, str], _Pending] = {}
+    for row in rows:
+        key = (row.object, row.operation, row.external_id_field, row.record_key)
+        pending = merged.get(key)
+        if pending is None:
+            pending = merged[key] = _Pending(
+                row.object, row.operation, row.external_id_field, row.record_key, {}, [], 0
+            )
+        pending.fields.update(row.payload)
+        pending.row_ids.append(row.id)
+        pending.attempts = max(pending.attempts, row.attempts)
+    return list(merged.values())
+
+
+def batches(pending: Sequence[_Pending], size: int) -> list[list[_Pending]]:
+    """Group per (object, operation, external id field), then cut into calls of at most `size`."""
+    groups: dict[tuple[str, str, str | None], list[_Pending]] = {}
+    for p in pending:
+        groups.setdefault((p.object, p.operation, p.external_id_field), []).append(p)
+    return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+
+
+class Dispatcher:
+    """Sends outbox rows; `run_once` is one pass."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        writer: CrmWriter,
+        *,
+        owner: str,
+        batch_size: int = 200,
+        claim_size: int = 2000,
+        max_attempts: int = 15,
+        backoff_base_seconds: float = 2.0,
+        backoff_max_seconds: float = 900.0,
+        lease_seconds: float = 60.0,
+        notifier: Notifier = no_subscribers,
+    ) -> None:
+        self.engine = engine
+        self.writer = writer
+        self.owner = owner
+        self.batch_size = min(batch_size, 200)
+        self.claim_size = claim_size
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base_seconds
+        self.backoff_max = backoff_max_seconds
+        self.lease = timedelta(seconds=lease_seconds)
+        self.notifier = notifier
+
+    def run_once(self, now: datetime | None = None) -> DispatchResult:
+        """If this process holds the dispatcher lease, send one claim's worth of rows."""
+        now = now or datetime.now(UTC)
+        if not hold_lease(self.engine, "dispatcher", self.owner, now, self.lease):
+            return DispatchResult(0, 0, 0, 0)
+        rows = self._claim(now)
+        if not rows:
+            return DispatchResult(0, 0, 0, 0)
+        crm_rows = [r for r in rows if r.target == "crm"]
+        notes = [r for r in rows if r.target == "notification"]
+        result = DispatchResult(0, 0, 0, 0)
+        if notes:
+            outcomes = self.notifier(notes)
+            self._record(
+                [(r.id, r.attempts, o) for r, o in zip(notes, outcomes, strict=True)], datetime.now(UTC)
+            )
+        for batch in batches(coalesce(crm_rows), self.batch_size):
+            result = _add(result, self._send(batch))
+        return result
+
+    def _claim(self, now: datetime) -> list[Any]:
+        due_alias = outbox.alias("due")
+        same_record = (
+            sa.select(due_alias.c.id)
+            .where(
+                due_alias.c.status == "pending",
+                due_alias.c.next_attempt_at <= now,
+                due_alias.c.target == outbox.c.target,
+                due_alias.c.object == outbox.c.object,
+                due_alias.c.record_key == outbox.c.record_key,
+            )
+            .exists()
+        )
+        with begin_write(self.engine) as conn:
+            # Rows in backoff ride along with a newer due row of the same record, so an old
+            # value can never be sent after a new one.
+            ids = list(
+                conn.execute(
+                    sa.select(outbox.c.id)
+                    .where(outbox.c.status == "pending", same_record)
+                    .order_by(outbox.c.id)
+                    .limit(self.claim_size)
+                ).scalars()
+            )
+            if not ids:
+                return []
+            conn.execute(
+                outbox.update()
+                .where(outbox.c.id.in_(ids))
+                .values(lease_owner=self.owner, lease_until=now + self.lease)
+            )
+            return list(
+                conn.execute(
+                    sa.select(outbox).where(outbox.c.id.in_(ids)).order_by(outbox.c.occurred_at, outbox.c.id)
+                ).all()
+            )
+
+    def _send(self, batch: list[_Pending]) -> DispatchResult:
+        first = batch[0]
+        wb = WriteBatch(
+            object=first.object,
+            operation="upsert" if first.operation == "upsert" else "update",
+            external_id_field=first.external_id_field,
+            records=[RecordWrite(p.record_key, p.fields) for p in batch],
+        )
+        name = self.writer.name
+        try:
+            results = self.writer.write_batch(wb)
+            if len(results) != len(batch):
+                raise CrmError(
+                    f"writer returned {len(results)} results for {len(batch)} records", retryable=True
+                )
+            outcome = "ok"
+        except CrmPaused as exc:
+            log.warning("CRM writes paused", extra={"reason": "crm_paused", "detail": str(exc)})
+            self._postpone(batch, datetime.now(UTC) + PAUSE_RETRY)
+            metrics.CRM_CALLS.labels(name, first.object, "paused").inc()
+            return DispatchResult(0, 0, len(batch), 0)
+        except CrmError as exc:
+            log.warning(
+                "CRM call failed",
+                extra={
+                    "reason": "crm_error",
+                    "retryable": exc.retryable,
+                    "object": first.object,
+                    "detail": str(exc),
+                },
+            )
+            results = [RecordResult(ok=False, retryable=exc.retryable, error=str(exc)) for _ in batch]
+            outcome = "error"
+        metrics.CRM_CALLS.labels(name, first.object, outcome).inc()
+        if outcome == "ok":
+            metrics.CRM_RECORDS_PER_CALL.labels(name).observe(len(batch))
+        now = datetime.now(UTC)
+        per_row = [
+            (row_id, p.attempts, r) for p, r in zip(batch, results, strict=True) for row_id in p.row_ids
+        ]
+        sent, retried, dead = self._record(per_row, now)
+        for label, count in (("ok", sent), ("retry", retried), ("dead", dead)):
+            if count:
+                metrics.CRM_RECORDS.labels(name, label).inc(count)
+        return DispatchResult(1, sent, retried, dead)
+
+    def _record(self, per_row: list[tuple[int, int, RecordResult]], now: datetime) -> tuple[int, int, int]:
+        sent_ids = [row_id for row_id, _, r in per_row if r.ok]
+        retried = dead = 0
+        with begin_write(self.engine) as conn:
+            if sent_ids:
+                conn.execute(
+                    outbox.update()
+                    .where(outbox.c.id.in_(sent_ids), outbox.c.lease_owner == self.owner)
+                    .values(status="sent", sent_at=now, lease_owner=None, lease_until=None, last_error=None)
+                )
+            for row_id, attempts, r in per_row:
+                if r.ok:
+                    continue
+                attempt = attempts + 1
+                if r.retryable and attempt < self.max_attempts:
+                    retried += 1
+                    values: dict[str, Any] = {
+                        "next_attempt_at": now + self.backoff(attempt),
+                        "status": "pending",
+                    }
+                else:
+                    dead += 1
+                    values = {"status": "dead"}
+                conn.execute(
+                    outbox.update()
+                    .where(outbox.c.id == row_id, outbox.c.lease_owner == self.owner)
+                    .values(
+                        attempts=attempt,
+                        last_error=r.error[:4000],
+                        lease_owner=None,
+                        lease_until=None,
+                        **values,
+                    )
+                )
+        if dead:
+            log.error("writes dead-lettered", extra={"reason": "dead_letter", "count": dead})
+        return len(sent_ids), retried, dead
+
+    def _postpone(self, batch: list[_Pending], until: datetime) -> None:
+        ids = [row_id for p in batch for row_id in p.row_ids]
+        with begin_write(self.engine) as conn:
+            conn.execute(
+                outbox.update()
+                .where(outbox.c.id.in_(ids), outbox.c.lease_owner == self.owner)
+                .values(next_attempt_at=until, lease_owner=None, lease_until=None)
+            )
+
+    def backoff(self, attempt: int) -> timedelta:
+        """Exponential, capped, with full jitter in its upper half (so retries spread out)."""
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+        return timedelta(seconds=ceiling * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not crypto
+
+
+def _add(a: DispatchResult, b: DispatchResult) -> DispatchResult:
+    return DispatchResult(a.calls + b.calls, a.sent + b.sent, a.retried + b.retried, a.dead + b.dead)

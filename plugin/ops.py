@@ -1,0 +1,45 @@
+"""Operations endpoints: liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import Blueprint, Response, current_app
+
+from plugin import metrics
+from plugin.runtime import runtime
+
+blueprint = Blueprint("ops", __name__)
+
+
+@blueprint.get("/healthz")
+def healthz() -> Response:
+    """The process is up and answering."""
+    return current_app.json.response({"status": "ok"})
+
+
+@blueprint.get("/readyz")
+def readyz() -> Response:
+    """Ready when the database answers and the CRM writer can write; says why not."""
+    rt = runtime()
+    checks: dict[str, dict[str, object]] = {}
+    try:
+        with rt.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        checks["database"] = {"ok": True, "detail": rt.engine.dialect.name}
+    except Exception as exc:  # any failure means not ready; say which
+        checks["database"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"[:300]}
+    try:
+        ok, why = rt.writer.ready()
+    except Exception as exc:
+        ok, why = False, f"{type(exc).__name__}: {exc}"[:300]
+    checks["crm"] = {"ok": ok, "detail": why, "writer": getattr(rt.writer, "name", "?") if ok else why}
+    ready = all(c["ok"] for c in checks.values())
+    resp = current_app.json.response({"ready": ready, "checks": checks})
+    resp.status_code = 200 if ready else 503
+    return resp
+
+
+@blueprint.get("/metrics")
+def metrics_view() -> Response:
+    """Prometheus text format, merged across processes."""
+    return Response(metrics.render(runtime().engine), mimetype="text/plain; version=0.0.4; charset=utf-8")

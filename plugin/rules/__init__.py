@@ -1,0 +1,71 @@
+"""Rules: pure functions from (event, current state) to an Outcome.
+
+A rule never touches the database or the network: it reads state through a StateReader and
+returns what should change. The worker stores the outcome atomically with the event's status.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from plugin.config import Config
+from plugin.events import Event, Outcome
+
+
+class StateReader(Protocol):
+    """Read access to rule state (keys are namespaced by convention: "rule:...")."""
+
+    def get(self, key: str) -> Any | None:
+        """The stored value, or None."""
+        ...
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A named pure function applied to events of the given kinds."""
+
+    name: str
+    kinds: frozenset[str]
+    apply: Callable[[Event, StateReader, datetime], Outcome]  # (event, state, now)
+
+
+class DictState:
+    """A StateReader over a dict: for tests of rules, and as the worker's overlay."""
+
+    def __init__(self, values: dict[str, Any] | None = None) -> None:
+        self.values: dict[str, Any] = dict(values or {})
+
+    def get(self, key: str) -> Any | None:
+        """The value, or None."""
+        return self.values.get(key)
+
+
+def builtin_rules(config: Config) -> list[Rule]:
+    """The rules OnRecord ships; connectors and later features add theirs here."""
+    return []
+
+
+def load_rules(config: Config) -> list[Rule]:
+    """Resolve `worker.rules`: each entry names a Rule, a list of Rules, or a factory(config)."""
+    rules: list[Rule] = []
+    for path in config.worker.rules:
+        module_name, _, attr = path.partition(":")
+        if not attr:
+            raise ValueError(f"worker.rules: {path!r} is not of the form module:attribute")
+        target = getattr(importlib.import_module(module_name), attr)
+        if callable(target) and not isinstance(target, Rule):
+            target = target(config)
+        if isinstance(target, Rule):
+            rules.append(target)
+        elif isinstance(target, Sequence) and all(isinstance(r, Rule) for r in target):
+            rules.extend(target)
+        else:
+            raise ValueError(f"worker.rules: {path!r} is not a Rule, a list of Rules or a factory of them")
+    names = [r.name for r in rules]
+    if len(set(names)) != len(names):
+        raise ValueError(f"worker.rules: rule names must be unique, got {names}")
+    return rules

@@ -1,0 +1,222 @@
+"""The schema and the engine: SQLite (WAL, synchronous=FULL) or PostgreSQL (psycopg 3), one code path."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """Timezone-aware UTC in, timezone-aware UTC out, on SQLite (naive text) as on PostgreSQL."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: OnRecord stores only timezone-aware times")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+# The inbox is also the evidence ledger: every accepted event, its digest, sender and receipt time.
+inbox = sa.Table(
+    "inbox",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("delivery_id", sa.String(255), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("ordering_key", sa.String(400), nullable=False),
+    sa.Column("object", sa.String(120)),
+    sa.Column("record_id", sa.String(120)),
+    sa.Column("actor", sa.String(255)),
+    sa.Column("occurred_at", UtcDateTime(), nullable=False),
+    sa.Column("received_at", UtcDateTime(), nullable=False),
+    sa.Column("sender", sa.String(255), nullable=False),
+    sa.Column("raw_digest", sa.String(64), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    # pending -> done | parked (a rule raised; retry with `deadletters retry`)
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),
+    sa.Column("processed_at", UtcDateTime()),
+    sa.UniqueConstraint("source", "delivery_id", name="uq_inbox_delivery"),
+)
+sa.Index("ix_inbox_pending", inbox.c.status, inbox.c.ordering_key, inbox.c.occurred_at)
+
+# One row per ordering key being worked on: the lease that serialises a record across workers.
+key_leases = sa.Table(
+    "key_leases",
+    metadata,
+    sa.Column("ordering_key", sa.String(400), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=False),
+    sa.Column("lease_until", UtcDateTime(), nullable=False),
+)
+
+# Rules' state, namespaced "rule:key".
+rule_state = sa.Table(
+    "rule_state",
+    metadata,
+    sa.Column("key", sa.String(500), primary_key=True),
+    sa.Column("value", sa.JSON, nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+timers = sa.Table(
+    "timers",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("rule", sa.String(120), nullable=False),
+    sa.Column("ordering_key", sa.String(400), nullable=False),
+    sa.Column("due_at", UtcDateTime(), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("origin_event_id", sa.BigInteger, nullable=False),
+)
+sa.Index("ix_timers_due", timers.c.due_at)
+
+# CRM writes (target "crm") and subscriber notifications (target "notification") waiting to go out.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("target", sa.String(32), nullable=False),
+    sa.Column("object", sa.String(120), nullable=False),  # CRM object, or notification topic
+    sa.Column("record_key", sa.String(400), nullable=False),
+    sa.Column("operation", sa.String(16), nullable=False),  # update | upsert | notify
+    sa.Column("external_id_field", sa.String(120)),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("occurred_at", UtcDateTime(), nullable=False),
+    sa.Column("event_id", sa.BigInteger),
+    # pending -> sent | dead
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UtcDateTime(), nullable=False),
+    sa.Column("lease_owner", sa.String(64)),
+    sa.Column("lease_until", UtcDateTime()),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("sent_at", UtcDateTime()),
+)
+sa.Index("ix_outbox_due", outbox.c.status, outbox.c.next_attempt_at)
+sa.Index("ix_outbox_record", outbox.c.object, outbox.c.record_key, outbox.c.status)
+
+# What the dry-run CRM would have sent: one row per call, and the records as they would now stand.
+dryrun_calls = sa.Table(
+    "dryrun_calls",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("object", sa.String(120), nullable=False),
+    sa.Column("operation", sa.String(16), nullable=False),
+    sa.Column("external_id_field", sa.String(120)),
+    sa.Column("records", sa.JSON, nullable=False),
+    sa.Column("called_at", UtcDateTime(), nullable=False),
+)
+dryrun_records = sa.Table(
+    "dryrun_records",
+    metadata,
+    sa.Column("object", sa.String(120), primary_key=True),
+    sa.Column("record_key", sa.String(400), primary_key=True),
+    sa.Column("fields", sa.JSON, nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+# Scheduled jobs (pollers, aggregation): one runner at a time across workers.
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("name", sa.String(120), primary_key=True),
+    sa.Column("next_run_at", UtcDateTime(), nullable=False),
+    sa.Column("lease_owner", sa.String(64)),
+    sa.Column("lease_until", UtcDateTime()),
+    sa.Column("state", sa.JSON, nullable=False),  # e.g. a poller's watermark
+)
+
+
+def is_postgres(engine: Engine) -> bool:
+    """Whether SKIP LOCKED and friends are available."""
+    return engine.dialect.name == "postgresql"
+
+
+def normalise_url(url: str) -> str:
+    """postgresql:// means psycopg 3 here, not psycopg2."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def get_engine(url: str) -> Engine:
+    """One engine per URL per process (engines own connection pools)."""
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = make_engine(url)
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close every pool (after fork, or at exit)."""
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine with the durability settings this project depends on."""
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            pool_size=8,
+            max_overflow=16,
+            poolclass=sa.pool.QueuePool,
+        )
+        sa.event.listen(engine, "connect", _sqlite_on_connect)
+        sa.event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    return sa.create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=True)
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives power loss
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _sqlite_on_begin(conn: sa.Connection) -> None:
+    # A writing transaction takes the write lock up front, so two writers never deadlock
+    # upgrading read locks; a reading one stays deferred and never blocks a writer (WAL).
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+
+
+def begin_write(engine: Engine) -> Any:
+    """A transaction that will write (on SQLite: BEGIN IMMEDIATE)."""
+    return engine.execution_options(write=True).begin()

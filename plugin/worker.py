@@ -1,0 +1,347 @@
+"""The rules worker: claims inbox events by ordering key, applies the rules, stores the outcome.
+
+Exactly once in effect: an event's status changes to `done` in the same transaction that stores
+its state changes, outbox rows and timers. A worker that dies mid-way leaves its events
+`pending`; its key leases expire and another worker takes them. Events of one key (one record)
+are applied by one worker at a time, in the order they occurred.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from plugin import metrics
+from plugin.events import CrmWrite, Event, Notification, Outcome
+from plugin.inbox import insert_events
+from plugin.rules import Rule, StateReader
+from plugin.storage import begin_write, inbox, is_postgres, key_leases, outbox, rule_state, timers
+
+log = logging.getLogger(__name__)
+
+
+def worker_id() -> str:
+    """Unique per process, readable in the lease tables."""
+    return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _insert(conn: sa.Connection) -> Any:
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+class _TxState(StateReader):
+    """State as of this transaction plus what earlier events of the batch changed."""
+
+    def __init__(self, conn: sa.Connection, lock: bool) -> None:
+        self._conn = conn
+        self._lock = lock
+        self._cache: dict[str, Any] = {}
+        self.changes: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any | None:
+        if key in self.changes:
+            return self.changes[key]
+        if key not in self._cache:
+            stmt = sa.select(rule_state.c.value).where(rule_state.c.key == key)
+            if self._lock:
+                stmt = stmt.with_for_update()  # another worker's rule may share this key
+            self._cache[key] = self._conn.execute(stmt).scalar()
+        return self._cache[key]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one pass did."""
+
+    done: int
+    parked: int
+
+
+def row_to_event(row: Any) -> Event:
+    """An inbox row as the Event rules see."""
+    return Event(
+        source=row.source,
+        delivery_id=row.delivery_id,
+        kind=row.kind,
+        occurred_at=row.occurred_at,
+        object=row.object,
+        record_id=row.record_id,
+        actor=row.actor,
+        data=row.data,
+        sender=row.sender,
+        raw_digest=row.raw_digest,
+        inbox_id=row.id,
+        key=row.ordering_key,
+    )
+
+
+class Worker:
+    """Applies rules to inbox events. `run_once` is one pass; the CLI loops it."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        rules: Sequence[Rule],
+        *,
+        batch_size: int = 200,
+        lease_seconds: float = 30.0,
+        owner: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.rules = list(rules)
+        self.batch_size = batch_size
+        self.lease = timedelta(seconds=lease_seconds)
+        self.owner = owner or worker_id()
+
+    # -- claiming ---------------------------------------------------------------------------
+
+    def claim_keys(self, now: datetime) -> list[str]:
+        """Lease up to batch_size ordering keys that have pending events and no live lease."""
+        live = sa.select(key_leases.c.ordering_key).where(key_leases.c.lease_until > now)
+        candidates = (
+            sa.select(inbox.c.ordering_key)
+            .where(inbox.c.status == "pending", inbox.c.ordering_key.not_in(live))
+            .group_by(inbox.c.ordering_key)
+            .order_by(sa.func.min(inbox.c.id))
+            .limit(self.batch_size)
+        )
+        with begin_write(self.engine) as conn:
+            keys = list(conn.execute(candidates).scalars())
+            if not keys:
+                return []
+            stmt = _insert(conn)(key_leases).values(
+                [{"ordering_key": k, "owner": self.owner, "lease_until": now + self.lease} for k in keys]
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["ordering_key"],
+                set_={"owner": stmt.excluded.owner, "lease_until": stmt.excluded.lease_until},
+                where=key_leases.c.lease_until <= now,
+            ).returning(key_leases.c.ordering_key)
+            return list(conn.execute(stmt).scalars())
+
+    # -- one pass -----------------------------------------------------------------------------
+
+    def run_once(self, now: datetime | None = None) -> BatchResult:
+        """Fire due timers, then claim and process one batch of keys."""
+        now = now or datetime.now(UTC)
+        self.fire_timers(now)
+        keys = self.claim_keys(now)
+        if not keys:
+            return BatchResult(0, 0)
+        try:
+            return self._process(keys, now)
+        except Exception:
+            self.release(keys)
+            raise
+
+    def release(self, keys: Sequence[str]) -> None:
+        """Give back leases (after a failed pass), so the keys are retried at once."""
+        with begin_write(self.engine) as conn:
+            conn.execute(
+                key_leases.delete().where(
+                    key_leases.c.ordering_key.in_(keys), key_leases.c.owner == self.owner
+                )
+            )
+
+    def _process(self, keys: list[str], now: datetime) -> BatchResult:
+        pg = is_postgres(self.engine)
+        with begin_write(self.engine) as conn:
+            # Keep the leases first: if another worker took a key over, this pass does nothing.
+            kept = conn.execute(
+                key_leases.update()
+                .where(key_leases.c.ordering_key.in_(keys), key_leases.c.owner == self.owner)
+                .values(lease_until=now + self.lease)
+            ).rowcount
+            if kept != len(keys):
+                raise LeaseLost(f"{len(keys) - kept} of {len(keys)} key leases were taken over")
+            rows = conn.execute(
+                sa.select(inbox)
+                .where(inbox.c.ordering_key.in_(keys), inbox.c.status == "pending")
+                .order_by(inbox.c.ordering_key, inbox.c.occurred_at, inbox.c.id)
+            ).all()
+            state = _TxState(conn, lock=pg)
+            done: list[int] = []
+            parked: list[tuple[int, str]] = []
+            staged = _Staged()
+            for row in rows:
+                event = row_to_event(row)
+                try:
+                    outcomes = self.apply_rules(event, state, now)
+                except Exception as exc:  # a faulty rule parks its event, never the pipeline
+                    log.exception("rule failed; event parked", extra={"event_id": row.id, "kind": row.kind})
+                    parked.append((row.id, f"{type(exc).__name__}: {exc}"))
+                    metrics.PARKED.labels(row.kind).inc()
+                    continue
+                for rule_name, outcome in outcomes:
+                    state.changes.update(outcome.state)
+                    staged.add(rule_name, outcome, event, now)
+                done.append(row.id)
+                metrics.PROCESSED.labels(row.kind).inc()
+            _store_state(conn, state.changes, now)
+            staged.store(conn)
+            _mark(conn, done, "done", now)
+            for event_id, error in parked:
+                conn.execute(
+                    inbox.update()
+                    .where(inbox.c.id == event_id)
+                    .values(status="parked", error=error[:4000], attempts=inbox.c.attempts + 1)
+                )
+            conn.execute(
+                key_leases.delete().where(
+                    key_leases.c.ordering_key.in_(keys), key_leases.c.owner == self.owner
+                )
+            )
+        return BatchResult(done=len(done), parked=len(parked))
+
+    def apply_rules(self, event: Event, state: StateReader, now: datetime) -> list[tuple[str, Outcome]]:
+        """Each interested rule's outcome; later rules see earlier rules' state changes."""
+        outcomes: list[tuple[str, Outcome]] = []
+        changes: dict[str, Any] = {}
+        for rule in self.rules:
+            if event.kind not in rule.kinds:
+                continue
+            if event.kind == "timer.fired" and event.data.get("rule") != rule.name:
+                continue
+            outcome = rule.apply(event, _Overlay(state, changes), now)
+            changes.update(outcome.state)
+            outcomes.append((rule.name, outcome))
+        return outcomes
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def fire_timers(self, now: datetime) -> int:
+        """Turn due timers into `timer.fired` inbox events (idempotent on the timer id)."""
+        with begin_write(self.engine) as conn:
+            stmt = sa.select(timers).where(timers.c.due_at <= now).order_by(timers.c.due_at).limit(500)
+            if is_postgres(self.engine):
+                stmt = stmt.with_for_update(skip_locked=True)
+            due = conn.execute(stmt).all()
+            if not due:
+                return 0
+            events = [
+                Event(
+                    source="timer",
+                    delivery_id=str(t.id),
+                    kind="timer.fired",
+                    occurred_at=t.due_at,
+                    data={"rule": t.rule, **t.data},
+                    sender="onrecord",
+                    key=t.ordering_key,
+                )
+                for t in due
+            ]
+            insert_events(conn, events, now)
+            conn.execute(timers.delete().where(timers.c.id.in_([t.id for t in due])))
+            return len(due)
+
+
+class LeaseLost(Exception):
+    """Another worker took over a key while this one was slow; its pass is rolled back."""
+
+
+class _Overlay(StateReader):
+    """Later rules for the same event see earlier rules' changes."""
+
+    def __init__(self, base: StateReader, changes: dict[str, Any]) -> None:
+        self._base = base
+        self._changes = changes
+
+    def get(self, key: str) -> Any | None:
+        if key in self._changes:
+            return self._changes[key]
+        return self._base.get(key)
+
+
+class _Staged:
+    """Outbox and timer rows of one pass, written in its transaction."""
+
+    def __init__(self) -> None:
+        self.outbox: list[dict[str, Any]] = []
+        self.timers: list[dict[str, Any]] = []
+
+    def add(self, rule_name: str, outcome: Outcome, event: Event, now: datetime) -> None:
+        self.outbox += [_write_row(w, event, now) for w in outcome.writes]
+        self.outbox += [_notification_row(n, event, now) for n in outcome.notifications]
+        self.timers += [
+            {
+                "rule": rule_name,
+                "ordering_key": t.key,
+                "due_at": t.due_at,
+                "data": dict(t.data),
+                "origin_event_id": event.inbox_id,
+            }
+            for t in outcome.timers
+        ]
+
+    def store(self, conn: sa.Connection) -> None:
+        if self.outbox:
+            conn.execute(outbox.insert(), self.outbox)
+        if self.timers:
+            conn.execute(timers.insert(), self.timers)
+
+
+def _store_state(conn: sa.Connection, changes: dict[str, Any], now: datetime) -> None:
+    upserts = [{"key": k, "value": v, "updated_at": now} for k, v in changes.items() if v is not None]
+    if upserts:
+        ins = _insert(conn)(rule_state)
+        conn.execute(
+            ins.on_conflict_do_update(
+                index_elements=["key"],
+                set_={"value": ins.excluded.value, "updated_at": ins.excluded.updated_at},
+            ),
+            upserts,
+        )
+    deletes = [k for k, v in changes.items() if v is None]
+    if deletes:
+        conn.execute(rule_state.delete().where(rule_state.c.key.in_(deletes)))
+
+
+def _mark(conn: sa.Connection, ids: list[int], status: str, now: datetime) -> None:
+    if ids:
+        conn.execute(
+            inbox.update().where(inbox.c.id.in_(ids)).values(status=status, processed_at=now, error=None)
+        )
+
+
+def _write_row(write: CrmWrite, event: Event, now: datetime) -> dict[str, Any]:
+    return {
+        "target": "crm",
+        "object": write.object,
+        "record_key": write.record_id if write.record_id is not None else write.external_id,
+        "operation": "update" if write.record_id is not None else "upsert",
+        "external_id_field": write.external_id_field,
+        "payload": dict(write.fields),
+        "occurred_at": event.occurred_at,
+        "event_id": event.inbox_id,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+
+
+def _notification_row(note: Notification, event: Event, now: datetime) -> dict[str, Any]:
+    return {
+        "target": "notification",
+        "object": note.topic,
+        "record_key": event.ordering_key,
+        "operation": "notify",
+        "external_id_field": None,
+        "payload": dict(note.data),
+        "occurred_at": event.occurred_at,
+        "event_id": event.inbox_id,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }

@@ -1,0 +1,377 @@
+"""SalesforceEmulator: a real HTTPS server on 127.0.0.1 that speaks enough Salesforce for
+simple-salesforce and plain requests: OAuth token endpoint, REST sObjects, sObject Collections,
+SOQL query/queryMore, limits, the Sforce-Limit-Info header, and Salesforce's error shapes.
+
+    with SalesforceEmulator() as sf:
+        sf.register_consumer("3MVG9...", certificate_pem=cert, approved_users=[sf.username])
+        requests.post(f"{sf.base_url}/services/oauth2/token", ..., verify=sf.ca_path)
+
+Faults (thread-safe): expire_sessions, set_api_usage, lock_rows, reject_records, fail_next,
+slow_down. Inspection: calls, records(), record(), reset(). The same over HTTP under
+/__emulator/ (see control.py) for tests that drive a subprocess.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+import ssl
+import tempfile
+import threading
+import traceback
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_public_key
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+from tests.sfemu import control, oauth
+from tests.sfemu.ids import is_valid_id, to18
+from tests.sfemu.rest import Rest, RestError, json_response
+from tests.sfemu.state import Call, Consumer, OrgState, RecordFault, sf_datetime
+from tests.sfemu.tls import make_ca, make_server_cert
+
+_DATA_RE = re.compile(r"^/services/data/v(\d+\.\d)(?:/(.*))?$")
+_FAILURES = {
+    500: ("UNKNOWN_EXCEPTION", "An unexpected error occurred. Please include this ErrorId if you contact support: 1234567890-12345 (-123456789)"),
+    502: ("SERVER_UNAVAILABLE", "Bad gateway"),
+    503: ("SERVER_UNAVAILABLE", "Server temporarily unavailable. Please try again later."),
+}
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - base class signature
+        pass
+
+
+class SalesforceEmulator:
+    """An in-memory Salesforce org behind HTTPS. `base_url` is both login URL and instance URL."""
+
+    def __init__(
+        self,
+        *,
+        api_limit: int = 100_000,
+        api_used: int = 0,
+        query_batch_size: int = 2000,
+        min_version: float = 20.0,
+        max_version: float = 66.0,
+        jwt_leeway_seconds: int = 0,
+        extra_audiences: Iterable[str] = (),
+        username: str = "integration@onrecord.example",
+    ) -> None:
+        self._config = (api_limit, api_used)
+        self._state = OrgState(api_limit=api_limit, api_used=api_used)
+        self.query_batch_size = query_batch_size
+        self.versions = (min_version, max_version)
+        self.jwt_leeway_seconds = jwt_leeway_seconds
+        self._extra_audiences = frozenset(a.rstrip("/") for a in extra_audiences)
+        self.username = username
+        self._state.add_user(username)
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._tmp: Path | None = None
+        self._stopping = threading.Event()
+        self.errors: list[str] = []  # tracebacks of unexpected exceptions (a test should find none)
+        self.port = 0
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> SalesforceEmulator:
+        if self._server is not None:
+            return self
+        self._tmp = Path(tempfile.mkdtemp(prefix="sfemu-"))
+        ca_cert, ca_key = make_ca()
+        (self._tmp / "ca.pem").write_bytes(ca_cert.public_bytes(Encoding.PEM))
+        key_path, cert_path = make_server_cert(ca_cert, ca_key).write(self._tmp, "server")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(cert_path, key_path)
+        server = make_server("127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_QuietHandler)
+        # Handshake in the request thread (not in accept()), so a client that fails verification
+        # or stalls cannot block the server.
+        server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+        server.ssl_context = ctx
+        self._server = server
+        self.port = server.port
+        self._stopping.clear()
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        self._server = self._thread = self._tmp = None
+
+    def __enter__(self) -> SalesforceEmulator:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the emulator is not started")
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca_path(self) -> str:
+        """PEM file of the CA that signed the server certificate (pass as `verify=`)."""
+        if self._tmp is None:
+            raise RuntimeError("the emulator is not started")
+        return str(self._tmp / "ca.pem")
+
+    @property
+    def org_id(self) -> str:
+        return self._state.org_id
+
+    # --- set-up --------------------------------------------------------------------------------
+
+    def add_user(self, username: str) -> str:
+        """Create a user (if new); return its id."""
+        return self._state.add_user(username)
+
+    def user_id(self, username: str | None = None) -> str:
+        return self._state.users[username or self.username]
+
+    def register_consumer(
+        self,
+        client_id: str,
+        *,
+        certificate_pem: bytes | str | None = None,
+        client_secret: str | None = None,
+        run_as: str | None = None,
+        approved_users: Iterable[str] | None = None,
+    ) -> None:
+        """Register a connected app: the certificate (or public key) for JWT bearer, the secret and
+        run-as user for client credentials, and the users pre-authorized for JWT (None = all)."""
+        public_key: RSAPublicKey | None = None
+        if certificate_pem is not None:
+            pem = certificate_pem.encode() if isinstance(certificate_pem, str) else certificate_pem
+            loaded = (
+                x509.load_pem_x509_certificate(pem).public_key() if b"CERTIFICATE" in pem else load_pem_public_key(pem)
+            )
+            if not isinstance(loaded, RSAPublicKey):
+                raise ValueError("the connected app certificate must hold an RSA key (RS256)")
+            public_key = loaded
+        if run_as is not None:
+            self._state.add_user(run_as)
+        users = frozenset(approved_users) if approved_users is not None else None
+        with self._state.lock:
+            self._state.consumers[client_id] = Consumer(client_id, public_key, client_secret, run_as, users)
+
+    def define_object(
+        self, name: str, fields: Iterable[str] | None = None, *, strict: bool = False, external_ids: Iterable[str] | None = None
+    ) -> None:
+        """Declare an object. Undeclared objects are created on first write, accepting any field."""
+        self._state.define_object(
+            name, tuple(fields or ()), strict=strict, external_ids=tuple(external_ids) if external_ids is not None else None
+        )
+
+    def insert_record(self, sobject: str, fields: dict[str, Any]) -> str:
+        """Seed a record directly (not an API call); return its id."""
+        odef = self._state.object_def(sobject, create=True)
+        assert odef is not None
+        values = {}
+        for key, value in fields.items():
+            canonical = self._state.field_name(odef, key)
+            if canonical is None:
+                raise ValueError(f"no field {key} on {odef.name}")
+            values[canonical] = value
+        return self._state.insert(odef, values, self.user_id())
+
+    def add_login_history(
+        self,
+        user_id: str,
+        login_time: dt.datetime,
+        *,
+        login_type: str = "Application",
+        application: str = "Browser",
+        status: str = "Success",
+        source_ip: str = "203.0.113.10",
+        platform: str = "Windows 10",
+    ) -> str:
+        """Seed one LoginHistory row (LoginType e.g. "Application" for UI logins, "Remote Access 2.0")."""
+        return self.insert_record("LoginHistory", {
+            "UserId": user_id,
+            "LoginTime": sf_datetime(login_time),
+            "LoginType": login_type,
+            "Application": application,
+            "Status": status,
+            "SourceIp": source_ip,
+            "Platform": platform,
+        })
+
+    # --- faults --------------------------------------------------------------------------------
+
+    def expire_sessions(self) -> None:
+        """Invalidate every access token: the next REST call answers 401 INVALID_SESSION_ID."""
+        with self._state.lock:
+            self._state.sessions.clear()
+
+    def set_api_usage(self, used: int, limit: int | None = None) -> None:
+        with self._state.lock:
+            self._state.api_used = used
+            if limit is not None:
+                self._state.api_limit = limit
+
+    @property
+    def api_usage(self) -> tuple[int, int]:
+        with self._state.lock:
+            return self._state.api_used, self._state.api_limit
+
+    def _keys(self, keys: Iterable[str]) -> list[str]:
+        out: list[str] = []
+        for key in keys:
+            out.append(key)
+            if is_valid_id(key):
+                out.append(to18(key))
+        return out
+
+    def lock_rows(self, sobject: str, keys: Iterable[str], attempts: int = 1) -> None:
+        """The next `attempts` writes of these records (ids or external id values) fail with
+        UNABLE_TO_LOCK_ROW (a per-record error inside sObject Collections results)."""
+        with self._state.lock:
+            for key in self._keys(keys):
+                self._state.faults.locks[(sobject.lower(), key)] = attempts
+
+    def reject_records(
+        self,
+        sobject: str,
+        keys: Iterable[str],
+        message: str,
+        *,
+        status_code: str = "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+        fields: Iterable[str] = (),
+    ) -> None:
+        """Every write of these records fails (a validation rule, say) until clear_faults()."""
+        fault = RecordFault(status_code, message, tuple(fields))
+        with self._state.lock:
+            for key in self._keys(keys):
+                self._state.faults.rejects[(sobject.lower(), key)] = fault
+
+    def fail_next(self, count: int = 1, *, status: int = 503) -> None:
+        """The next `count` REST calls answer `status` (500, 502, 503) with Salesforce's error body."""
+        code, message = _FAILURES.get(status, ("UNKNOWN_EXCEPTION", "An unexpected error occurred."))
+        with self._state.lock:
+            self._state.faults.fail_next.extend([(status, code, message)] * count)
+
+    def slow_down(self, seconds: float, count: int | None = None) -> None:
+        """Delay the next `count` requests (all, if None) by `seconds`; slow_down(0) to stop."""
+        with self._state.lock:
+            self._state.faults.delay_seconds = seconds
+            self._state.faults.delay_count = count
+
+    def clear_faults(self) -> None:
+        with self._state.lock:
+            self._state.faults = type(self._state.faults)()
+
+    # --- inspection ----------------------------------------------------------------------------
+
+    @property
+    def calls(self) -> list[Call]:
+        with self._state.lock:
+            return list(self._state.calls)
+
+    def records(self, sobject: str) -> list[dict[str, Any]]:
+        odef = self._state.object_def(sobject, create=False)
+        if odef is None:
+            return []
+        with self._state.lock:
+            return [dict(r) for r in self._state.records.get(odef.name, {}).values()]
+
+    def record(self, sobject: str, record_id: str) -> dict[str, Any] | None:
+        odef = self._state.object_def(sobject, create=False)
+        found = self._state.find(odef, record_id) if odef else None
+        return dict(found) if found else None
+
+    def reset(self) -> None:
+        """Forget records, calls, faults and sessions; restore the initial API usage.
+        Users and connected apps stay."""
+        with self._state.lock:
+            users, consumers = dict(self._state.users), dict(self._state.consumers)
+            state = OrgState(api_limit=self._config[0], api_used=self._config[1])
+            state.ids, state.org_id = self._state.ids, self._state.org_id
+            for username in users:
+                state.add_user(username)
+            state.consumers = consumers
+            self._state = state
+
+    # --- HTTP ----------------------------------------------------------------------------------
+
+    def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        try:
+            response = self._handle(request)
+        except Exception as exc:
+            self.errors.append(traceback.format_exc())
+            response = json_response([{"message": f"emulator bug: {exc!r}", "errorCode": "UNKNOWN_EXCEPTION", "fields": []}], 500)
+        return response(environ, start_response)
+
+    def _handle(self, request: Request) -> Response:
+        path = request.path
+        if path.startswith("/__emulator/"):
+            return control.handle(self, request)
+        delay = self._state.take_delay()
+        if delay:
+            self._stopping.wait(delay)
+        state = self._state
+        if path == "/services/oauth2/token":
+            audiences = frozenset({self.base_url, *self._extra_audiences})
+            response = oauth.token_endpoint(
+                state, request, base_url=self.base_url, audiences=audiences, leeway=self.jwt_leeway_seconds
+            )
+            state.log(Call(request.method, path, response.status_code))
+            return response
+        if path.rstrip("/") == "/services/data":
+            lo, hi = self.versions
+            versions = [f"{v / 10:.1f}" for v in range(int(lo * 10), int(hi * 10) + 1, 10)]
+            return json_response([{"label": f"v{v}", "url": f"/services/data/v{v}", "version": v} for v in versions])
+        m = _DATA_RE.match(path)
+        if m is None or not self.versions[0] <= float(m.group(1)) <= self.versions[1]:
+            response = RestError(404, "NOT_FOUND", "The requested resource does not exist").response()
+            state.log(Call(request.method, path, 404))
+            return response
+        response, records, counted = self._rest(request, m.group(1), m.group(2) or "")
+        with state.lock:
+            response.headers["Sforce-Limit-Info"] = f"api-usage={state.api_used}/{state.api_limit}"
+        state.log(Call(request.method, path, response.status_code, records, counted))
+        return response
+
+    def _rest(self, request: Request, version: str, rest_path: str) -> tuple[Response, int, bool]:
+        state = self._state
+        auth = request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        with state.lock:
+            session = state.sessions.get(token.strip()) if scheme.lower() in ("bearer", "oauth") else None
+            if session is None:
+                return RestError(401, "INVALID_SESSION_ID", "Session expired or invalid").response(), 0, False
+            if state.api_used >= state.api_limit:
+                return RestError(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.").response(), 0, False
+            state.api_used += 1
+        failure = state.take_failure()
+        if failure is not None:
+            status, code, message = failure
+            return RestError(status, code, message).response(), 0, True
+        rest = Rest(state, request, version, session, self.query_batch_size)
+        try:
+            response = rest.dispatch(rest_path)
+        except RestError as err:
+            response = err.response()
+        return response, rest.records, True

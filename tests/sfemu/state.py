@@ -1,0 +1,234 @@
+"""The emulated org: users, connected apps, sessions, records, API usage, faults and the call log.
+
+Everything here is guarded by one re-entrant lock, so tests may inject faults while the server
+threads answer requests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from tests.sfemu.ids import IdFactory, to18
+
+
+def sf_datetime(value: dt.datetime | None = None) -> str:
+    """Salesforce's JSON datetime format: 2024-01-31T10:00:00.000+0000."""
+    value = (value or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}+0000"
+
+
+@dataclass
+class Consumer:
+    """A connected app (or external client app) as the token endpoint sees it."""
+
+    client_id: str
+    public_key: RSAPublicKey | None = None  # from the uploaded certificate (JWT bearer)
+    client_secret: str | None = None
+    run_as: str | None = None  # client credentials flow: the integration user's username
+    approved_users: frozenset[str] | None = None  # JWT: pre-authorized usernames; None = all
+
+
+@dataclass(frozen=True)
+class Session:
+    token: str
+    user_id: str
+    username: str
+    client_id: str
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as the emulator saw it (for tests' inspection)."""
+
+    method: str
+    path: str
+    status: int
+    records: int = 0  # records in an sObject Collections body or single-record write
+    counted: bool = False  # whether it counted against the daily API limit
+
+
+@dataclass
+class ObjectDef:
+    name: str
+    fields: dict[str, str] = field(default_factory=dict)  # lower -> canonical
+    strict: bool = False  # unknown fields are INVALID_FIELD
+    external_ids: set[str] | None = None  # lower-case names; None = any field may be used
+
+
+@dataclass(frozen=True)
+class RecordFault:
+    status_code: str
+    message: str
+    fields: tuple[str, ...] = ()
+
+
+@dataclass
+class Faults:
+    fail_next: list[tuple[int, str, str]] = field(default_factory=list)  # status, errorCode, message
+    delay_seconds: float = 0.0
+    delay_count: int | None = None  # None: every request
+    locks: dict[tuple[str, str], int] = field(default_factory=dict)  # (object lower, key) -> attempts
+    rejects: dict[tuple[str, str], RecordFault] = field(default_factory=dict)
+
+
+STANDARD_FIELDS = ("Id", "IsDeleted", "CreatedDate", "CreatedById", "LastModifiedDate", "LastModifiedById", "SystemModstamp")
+LOGIN_HISTORY_FIELDS = ("UserId", "LoginTime", "LoginType", "Application", "Status", "SourceIp", "Platform")
+
+
+class OrgState:
+    def __init__(self, *, api_limit: int, api_used: int = 0) -> None:
+        self.lock = threading.RLock()
+        self.ids = IdFactory()
+        self.org_id = self.ids.new("Organization")
+        self.api_limit = api_limit
+        self.api_used = api_used
+        self.users: dict[str, str] = {}  # username -> user id
+        self.consumers: dict[str, Consumer] = {}
+        self.sessions: dict[str, Session] = {}
+        self.objects: dict[str, ObjectDef] = {}  # lower name -> def
+        self.records: dict[str, dict[str, dict[str, Any]]] = {}  # canonical object -> id -> fields
+        self.deleted: set[str] = set()
+        self.cursors: dict[str, list[dict[str, Any]]] = {}
+        self.faults = Faults()
+        self.calls: list[Call] = []
+        self.define_object("LoginHistory", LOGIN_HISTORY_FIELDS, strict=True)
+        self.define_object("User", ["Id", "Username", "Name", "IsActive"], strict=False)
+
+    # --- schema -------------------------------------------------------------------------------
+
+    def define_object(
+        self,
+        name: str,
+        fields: list[str] | tuple[str, ...] | None = None,
+        *,
+        strict: bool = False,
+        external_ids: list[str] | tuple[str, ...] | None = None,
+    ) -> ObjectDef:
+        with self.lock:
+            odef = self.objects.get(name.lower()) or ObjectDef(name)
+            for f in (*STANDARD_FIELDS, *(fields or ())):
+                odef.fields.setdefault(f.lower(), f)
+            odef.strict = strict
+            if external_ids is not None:
+                odef.external_ids = {e.lower() for e in external_ids}
+                for e in external_ids:
+                    odef.fields.setdefault(e.lower(), e)
+            self.objects[name.lower()] = odef
+            self.records.setdefault(odef.name, {})
+            return odef
+
+    def object_def(self, name: str, *, create: bool) -> ObjectDef | None:
+        with self.lock:
+            odef = self.objects.get(name.lower())
+            if odef is None and create:
+                odef = self.define_object(name)
+            return odef
+
+    def field_name(self, odef: ObjectDef, name: str) -> str | None:
+        """Canonical spelling of a field, learning new fields of lenient objects; None if unknown."""
+        canonical = odef.fields.get(name.lower())
+        if canonical is None and not odef.strict:
+            odef.fields[name.lower()] = canonical = name
+        return canonical
+
+    # --- users, apps, sessions -----------------------------------------------------------------
+
+    def add_user(self, username: str) -> str:
+        with self.lock:
+            if username not in self.users:
+                user_id = self.ids.new("User")
+                self.users[username] = user_id
+                self.records["User"][user_id] = {
+                    "Id": user_id,
+                    "Username": username,
+                    "Name": username.split("@")[0],
+                    "IsActive": True,
+                }
+            return self.users[username]
+
+    def new_session(self, username: str, client_id: str) -> Session:
+        with self.lock:
+            token = f"{self.org_id[:15]}!AQ{secrets.token_urlsafe(48)}"
+            session = Session(token, self.users[username], username, client_id)
+            self.sessions[token] = session
+            return session
+
+    # --- records -------------------------------------------------------------------------------
+
+    def insert(self, odef: ObjectDef, values: dict[str, Any], user_id: str) -> str:
+        """Store a new record (values already canonical); return its 18-character id."""
+        with self.lock:
+            record_id = self.ids.new(odef.name)
+            now = sf_datetime()
+            record = {
+                "Id": record_id,
+                "IsDeleted": False,
+                "CreatedDate": now,
+                "CreatedById": user_id,
+                "LastModifiedDate": now,
+                "LastModifiedById": user_id,
+                "SystemModstamp": now,
+            }
+            record.update({k: v for k, v in values.items() if k != "Id"})
+            self.records.setdefault(odef.name, {})[record_id] = record
+            return record_id
+
+    def update(self, odef: ObjectDef, record_id: str, values: dict[str, Any], user_id: str) -> None:
+        with self.lock:
+            record = self.records[odef.name][record_id]
+            record.update({k: v for k, v in values.items() if k != "Id"})
+            now = sf_datetime()
+            record.update(LastModifiedDate=now, LastModifiedById=user_id, SystemModstamp=now)
+
+    def find(self, odef: ObjectDef, record_id: str) -> dict[str, Any] | None:
+        try:
+            key = to18(record_id)
+        except ValueError:
+            return None
+        return self.records.get(odef.name, {}).get(key)
+
+    def find_by(self, odef: ObjectDef, field_name: str, value: Any) -> list[dict[str, Any]]:
+        with self.lock:
+            rows = self.records.get(odef.name, {}).values()
+            return [r for r in rows if r.get(field_name) is not None and str(r.get(field_name)) == str(value)]
+
+    # --- faults --------------------------------------------------------------------------------
+
+    def record_fault(self, odef: ObjectDef, keys: list[str]) -> RecordFault | None:
+        """The fault injected for a record addressed by any of `keys` (id or external id value)."""
+        with self.lock:
+            for key in keys:
+                fault = self.faults.rejects.get((odef.name.lower(), key))
+                if fault is not None:
+                    return fault
+            for key in keys:
+                remaining = self.faults.locks.get((odef.name.lower(), key), 0)
+                if remaining > 0:
+                    self.faults.locks[(odef.name.lower(), key)] = remaining - 1
+                    return RecordFault(
+                        "UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access to this record or 1 records"
+                    )
+            return None
+
+    def take_delay(self) -> float:
+        with self.lock:
+            f = self.faults
+            if f.delay_seconds <= 0 or f.delay_count == 0:
+                return 0.0
+            if f.delay_count is not None:
+                f.delay_count -= 1
+            return f.delay_seconds
+
+    def take_failure(self) -> tuple[int, str, str] | None:
+        with self.lock:
+            return self.faults.fail_next.pop(0) if self.faults.fail_next else None
+
+    def log(self, call: Call) -> None:
+        with self.lock:
+            self.calls.append(call)
