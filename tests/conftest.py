@@ -27,7 +27,9 @@ def _postgres_answers() -> str | None:
         engine.dispose()
         return None
     except Exception as exc:
-        return f"PostgreSQL at {PG_URL} does not answer ({type(exc).__name__}); set ONRECORD_TEST_POSTGRES_URL"
+        return (
+            f"PostgreSQL at {PG_URL} does not answer ({type(exc).__name__}); set ONRECORD_TEST_POSTGRES_URL"
+        )
 
 
 _PG_PROBLEM = _postgres_answers()

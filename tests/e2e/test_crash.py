@@ -54,7 +54,9 @@ def count(engine: sa.Engine, stmt: Any) -> int:
         return int(conn.execute(stmt).scalar() or 0)
 
 
-def test_kill_9_of_server_and_worker_mid_burst_loses_nothing_and_doubles_nothing(db_url: str, tmp_path: Path) -> None:
+def test_kill_9_of_server_and_worker_mid_burst_loses_nothing_and_doubles_nothing(
+    db_url: str, tmp_path: Path
+) -> None:
     env = onrecord_env(
         db_url,
         tmp_path / "var",
@@ -99,8 +101,13 @@ def test_kill_9_of_server_and_worker_mid_burst_loses_nothing_and_doubles_nothing
         assert len(states) == RECORDS
         for st in states:
             assert st["n"] == len(st["deliveries"]) == len(set(st["deliveries"])) == EVENTS // RECORDS
-        assert count(engine, sa.select(sa.func.count()).select_from(inbox).where(inbox.c.status != "done")) == 0
-        assert count(engine, sa.select(sa.func.count()).select_from(outbox).where(outbox.c.status == "dead")) == 0
+        assert (
+            count(engine, sa.select(sa.func.count()).select_from(inbox).where(inbox.c.status != "done")) == 0
+        )
+        assert (
+            count(engine, sa.select(sa.func.count()).select_from(outbox).where(outbox.c.status == "dead"))
+            == 0
+        )
     finally:
         server.stop()
         worker.stop()

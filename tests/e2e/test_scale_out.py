@@ -27,6 +27,7 @@ def test_two_servers_and_two_workers_share_one_postgres_without_double_processin
     servers = [Server(env, tmp_path / f"serve{i}.log") for i in range(2)]
     workers = [Process(["worker"], env, tmp_path / f"worker{i}.log") for i in range(2)]
     try:
+
         def send(i: int) -> int:
             # Every event about a record goes through alternating servers, so both see every record.
             body, headers = signed(TEST_SECRET, change_event(i, record=i % RECORDS), webhook_id=f"scale-{i}")
@@ -44,7 +45,9 @@ def test_two_servers_and_two_workers_share_one_postgres_without_double_processin
 
         wait_for(all_done, timeout=120)
         with engine.connect() as conn:
-            per_event = conn.execute(sa.select(outbox.c.event_id, sa.func.count()).group_by(outbox.c.event_id)).all()
+            per_event = conn.execute(
+                sa.select(outbox.c.event_id, sa.func.count()).group_by(outbox.c.event_id)
+            ).all()
             states = list(conn.execute(sa.select(rule_state.c.value)).scalars())
         assert len(per_event) == EVENTS and {n for _, n in per_event} == {1}
         assert len(states) == RECORDS

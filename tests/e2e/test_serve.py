@@ -53,7 +53,9 @@ def test_metrics_add_up_across_gunicorn_workers(server: Server) -> None:
     text = requests.get(server.url + "/metrics", timeout=10).text
     accepted = re.search(r'onrecord_events_accepted_total\{source="salesforce.events"\} (\S+)', text)
     assert accepted and float(accepted.group(1)) == 20.0
-    assert re.search(r'onrecord_requests_rejected_total\{reason="missing_field",source="salesforce.events"\} 1.0', text)
+    assert re.search(
+        r'onrecord_requests_rejected_total\{reason="missing_field",source="salesforce.events"\} 1.0', text
+    )
     for gauge in ("onrecord_inbox_lag_seconds", "onrecord_outbox_depth", "onrecord_dead_letters"):
         assert gauge in text
 

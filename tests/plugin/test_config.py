@@ -84,12 +84,16 @@ def test_secret_in_the_toml_file_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, f'[salesforce]\nevents_secret = "{SECRET}"\n')
     with pytest.raises(ConfigError) as err:
         load_config(path, env={})
-    assert "salesforce.events_secret" in str(err.value) and "ONRECORD_SALESFORCE__EVENTS_SECRET" in str(err.value)
+    assert "salesforce.events_secret" in str(err.value) and "ONRECORD_SALESFORCE__EVENTS_SECRET" in str(
+        err.value
+    )
     assert SECRET not in str(err.value)
 
 
 def test_secret_from_environment_file_and_secrets_dir(tmp_path: Path) -> None:
-    assert load_config(env={"ONRECORD_SALESFORCE__EVENTS_SECRET": SECRET}).salesforce.events_secret == [SECRET]
+    assert load_config(env={"ONRECORD_SALESFORCE__EVENTS_SECRET": SECRET}).salesforce.events_secret == [
+        SECRET
+    ]
     secret_file = tmp_path / "s"
     secret_file.write_text(SECRET + "\n")
     env = {"ONRECORD_SALESFORCE__EVENTS_SECRET_FILE": str(secret_file)}
@@ -115,3 +119,26 @@ def test_malformed_secret_is_named_without_echoing_it() -> None:
 def test_missing_secret_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nope"):
         load_config(env={"ONRECORD_SALESFORCE__EVENTS_SECRET_FILE": str(tmp_path / "nope")})
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "onrecord.example.toml"
+
+
+def test_example_config_documents_every_key_with_its_default() -> None:
+    from pydantic import BaseModel
+
+    from plugin.config import SECRET_KEYS, Config
+
+    assert load_config(EXAMPLE, env={}) == load_config(env={})
+    text = EXAMPLE.read_text()
+    for name, field in Config.model_fields.items():
+        model = field.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            assert f"[{name}]" in text
+            for key in model.model_fields:
+                documented = f"\n{key} = " in text or f"SECRET {name}.{key}" in text
+                assert documented, f"{name}.{key} is not in {EXAMPLE.name}"
+        else:
+            assert f"\n{name} = " in text, f"{name} is not in {EXAMPLE.name}"
+    for section, key in SECRET_KEYS:
+        assert f"SECRET {section}.{key}" in text

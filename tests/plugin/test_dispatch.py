@@ -49,13 +49,28 @@ def engine(config: Config) -> sa.Engine:
     return eng
 
 
-def enqueue(engine: sa.Engine, writes: list[tuple[str, dict[str, Any]]], *, object: str = "Opportunity",
-            start: datetime = T0, operation: str = "update", ext: str | None = None) -> None:
+def enqueue(
+    engine: sa.Engine,
+    writes: list[tuple[str, dict[str, Any]]],
+    *,
+    object: str = "Opportunity",
+    start: datetime = T0,
+    operation: str = "update",
+    ext: str | None = None,
+) -> None:
     rows = [
         {
-            "target": "crm", "object": object, "record_key": key, "operation": operation,
-            "external_id_field": ext, "payload": fields, "occurred_at": start + timedelta(milliseconds=i),
-            "status": "pending", "attempts": 0, "next_attempt_at": start, "created_at": start,
+            "target": "crm",
+            "object": object,
+            "record_key": key,
+            "operation": operation,
+            "external_id_field": ext,
+            "payload": fields,
+            "occurred_at": start + timedelta(milliseconds=i),
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": start,
+            "created_at": start,
         }
         for i, (key, fields) in enumerate(writes)
     ]
@@ -91,15 +106,23 @@ def test_50_writes_to_one_field_of_one_record_reach_the_crm_as_one(engine: sa.En
 
 
 def test_coalescing_merges_fields_and_the_latest_occurrence_wins_per_field(engine: sa.Engine) -> None:
-    enqueue(engine, [("rec1", {"Amount": 1, "StageName": "A"}), ("rec1", {"Amount": 2}), ("rec1", {"CloseDate": "x"})])
+    enqueue(
+        engine,
+        [("rec1", {"Amount": 1, "StageName": "A"}), ("rec1", {"Amount": 2}), ("rec1", {"CloseDate": "x"})],
+    )
     writer = ScriptedWriter()
     dispatcher(engine, writer).run_once(T0)
     assert dict(writer.batches[0].records[0].fields) == {"Amount": 2, "StageName": "A", "CloseDate": "x"}
 
 
 def test_upserts_are_batched_per_object_and_external_id_field(engine: sa.Engine) -> None:
-    enqueue(engine, [("k1", {"Score__c": 1})], object="OnRecord_Leader_Signal__c", operation="upsert",
-            ext="OnRecord_Key__c")
+    enqueue(
+        engine,
+        [("k1", {"Score__c": 1})],
+        object="OnRecord_Leader_Signal__c",
+        operation="upsert",
+        ext="OnRecord_Key__c",
+    )
     enqueue(engine, [("006A", {"Amount": 1})])
     writer = ScriptedWriter()
     dispatcher(engine, writer).run_once(T0)
@@ -112,7 +135,9 @@ def test_upserts_are_batched_per_object_and_external_id_field(engine: sa.Engine)
 def test_retryable_failures_back_off_then_succeed(engine: sa.Engine) -> None:
     def script(key: str, call: int) -> RecordResult:
         if key == "locked" and call == 1:
-            return RecordResult(ok=False, retryable=True, error="UNABLE_TO_LOCK_ROW: unable to obtain exclusive access")
+            return RecordResult(
+                ok=False, retryable=True, error="UNABLE_TO_LOCK_ROW: unable to obtain exclusive access"
+            )
         return RecordResult(ok=True)
 
     enqueue(engine, [("locked", {"Amount": 1}), ("free", {"Amount": 2})])
@@ -131,7 +156,9 @@ def test_retryable_failures_back_off_then_succeed(engine: sa.Engine) -> None:
 
 def test_permanent_errors_are_dead_lettered_with_the_crms_message(engine: sa.Engine) -> None:
     msg = "FIELD_CUSTOM_VALIDATION_EXCEPTION: Amount must be positive [Amount]"
-    writer = ScriptedWriter(lambda key, call: RecordResult(ok=key != "bad", error="" if key != "bad" else msg))
+    writer = ScriptedWriter(
+        lambda key, call: RecordResult(ok=key != "bad", error="" if key != "bad" else msg)
+    )
     enqueue(engine, [("bad", {"Amount": -1}), ("good", {"Amount": 1})])
     result = dispatcher(engine, writer).run_once(T0)
     assert (result.sent, result.dead) == (1, 1)
@@ -161,7 +188,9 @@ def test_a_paused_writer_postpones_without_spending_attempts(engine: sa.Engine) 
 
 
 def test_an_older_write_in_backoff_never_overwrites_a_newer_one(engine: sa.Engine) -> None:
-    writer = ScriptedWriter(lambda key, call: RecordResult(ok=call > 1, retryable=True, error="UNABLE_TO_LOCK_ROW"))
+    writer = ScriptedWriter(
+        lambda key, call: RecordResult(ok=call > 1, retryable=True, error="UNABLE_TO_LOCK_ROW")
+    )
     enqueue(engine, [("rec1", {"Amount": 1})])
     d = dispatcher(engine, writer, backoff_base_seconds=600)
     d.run_once(T0)  # fails; the row waits ~10 minutes
@@ -189,5 +218,8 @@ def test_dry_run_writer_records_calls_and_the_records_as_they_would_stand(engine
     dispatcher(engine, writer).run_once(datetime.now(UTC) + timedelta(seconds=1))
     calls = writer.calls()
     assert len(calls) == 2 and calls[0]["object"] == "Opportunity" and len(calls[0]["records"]) == 2
-    assert writer.read_fields("Opportunity", "rec1", ["Amount", "StageName"]) == {"Amount": 3, "StageName": "A"}
+    assert writer.read_fields("Opportunity", "rec1", ["Amount", "StageName"]) == {
+        "Amount": 3,
+        "StageName": "A",
+    }
     assert writer.read_fields("Opportunity", "nope", ["Amount"]) is None

@@ -61,7 +61,9 @@ def worker(engine: sa.Engine, config: Config, **kw: Any) -> Worker:
     return Worker(engine, load_rules(config), **kw)
 
 
-def test_events_are_applied_once_with_state_and_outbox_in_one_transaction(engine: sa.Engine, config: Config) -> None:
+def test_events_are_applied_once_with_state_and_outbox_in_one_transaction(
+    engine: sa.Engine, config: Config
+) -> None:
     store(engine, event(1), event(2), event(3, record=2))
     w = worker(engine, config)
     assert w.run_once().done == 3
@@ -77,7 +79,9 @@ def test_events_are_applied_once_with_state_and_outbox_in_one_transaction(engine
     assert set(statuses(engine).values()) == {"done"}
 
 
-def test_events_of_one_record_apply_in_the_order_they_occurred_not_arrived(engine: sa.Engine, config: Config) -> None:
+def test_events_of_one_record_apply_in_the_order_they_occurred_not_arrived(
+    engine: sa.Engine, config: Config
+) -> None:
     store(engine, event(3), event(1), event(2))  # arrived 3, 1, 2
     worker(engine, config).run_once()
     assert state(engine, f"count:Opportunity/{record_id(1)}")["deliveries"] == ["d1", "d2", "d3"]
@@ -127,7 +131,11 @@ def test_timers_wake_the_rule_that_asked(engine: sa.Engine, config: Config) -> N
         if ev.kind == "timer.fired":
             woken.append((ev.data["why"], ev.ordering_key, ev.occurred_at))
             return Outcome()
-        return Outcome(timers=[Timer(key=ev.ordering_key, due_at=ev.occurred_at + timedelta(hours=1), data={"why": "grace"})])
+        return Outcome(
+            timers=[
+                Timer(key=ev.ordering_key, due_at=ev.occurred_at + timedelta(hours=1), data={"why": "grace"})
+            ]
+        )
 
     def bystander(ev: Event, st: StateReader, now: datetime) -> Outcome:
         assert ev.kind != "timer.fired", "timers go only to the rule that set them"

@@ -27,7 +27,11 @@ def free_port() -> int:
 
 def onrecord_env(db_url: str, var_dir: Path, secret: str, **extra: Any) -> dict[str, str]:
     """The environment an admin would set, for a test's own database and var/."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ONRECORD_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ONRECORD_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
     env.update(
         {
             "ONRECORD_CONFIG": str(var_dir / "none.toml"),
@@ -87,7 +91,9 @@ class Process:
 class Server(Process):
     """`python -m plugin serve` on a free loopback port."""
 
-    def __init__(self, env: Mapping[str, str], log: Path, *, worker: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self, env: Mapping[str, str], log: Path, *, worker: bool = False, port: int | None = None
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = ["serve"] if worker else ["serve", "--no-worker"]

@@ -1,0 +1,150 @@
+"""The admin's command line, run as an admin runs it: `python -m plugin ...` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from plugin import migrate
+from plugin.storage import begin_write, get_engine, inbox, outbox
+from tests.support.processes import ROOT
+
+
+def env_for(tmp_path: Path, db_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONRECORD_")}
+    config = tmp_path / "onrecord.toml"
+    config.write_text(f'var_dir = "{tmp_path}/var"\nsecrets_dir = "{tmp_path}/var/secrets"\n')
+    env.update(
+        {"ONRECORD_CONFIG": str(config), "ONRECORD_STORAGE__URL": db_url, "PYTHONPATH": str(ROOT), **extra}
+    )
+    return env
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "plugin", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_init_generates_dev_secrets_once_with_mode_0600(tmp_path: Path, sqlite_url: str) -> None:
+    env = env_for(tmp_path, sqlite_url)
+    first = cli(env, "init")
+    assert first.returncode == 0, first.stderr
+    secret_file = tmp_path / "var" / "secrets" / "salesforce.events_secret"
+    secret = secret_file.read_text().strip()
+    assert secret.startswith("whsec_") and secret in first.stdout
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(secret_file.parent.stat().st_mode) == 0o700
+    again = cli(env, "init")
+    assert again.returncode == 0 and secret not in again.stdout  # shown once, never again
+    assert secret_file.read_text().strip() == secret
+    assert "database ready" in again.stdout
+
+
+def test_check_passes_after_init(tmp_path: Path, sqlite_url: str) -> None:
+    env = env_for(tmp_path, sqlite_url)
+    cli(env, "init")
+    result = cli(env, "check")
+    assert result.returncode == 0, result.stdout
+    assert "ok   CRM writer dry_run" in result.stdout
+
+
+def test_check_names_a_bad_configuration_key(tmp_path: Path, sqlite_url: str) -> None:
+    result = cli(env_for(tmp_path, sqlite_url, ONRECORD_SERVER__WORKERS="many"), "check")
+    assert result.returncode == 2 and "server.workers" in result.stderr
+
+
+def test_check_says_exactly_why_the_database_is_unreachable(tmp_path: Path) -> None:
+    env = env_for(tmp_path, "postgresql://nobody@127.0.0.1:1/none")
+    result = cli(env, "check")
+    assert result.returncode == 1
+    assert (
+        "FAIL database postgresql+psycopg://nobody@127.0.0.1:1/none unreachable: OperationalError"
+        in result.stdout
+    )
+
+
+def test_check_reports_a_missing_schema_and_a_missing_secret(tmp_path: Path, sqlite_url: str) -> None:
+    result = cli(env_for(tmp_path, sqlite_url), "check")
+    assert result.returncode == 1
+    assert "has no schema: run `python -m plugin init`" in result.stdout
+    assert "FAIL salesforce.events_secret is not set" in result.stdout
+
+
+def test_outbox_and_deadletters_show_and_requeue(tmp_path: Path, sqlite_url: str) -> None:
+    engine = get_engine(sqlite_url)
+    migrate.upgrade(engine)
+    now = datetime.now(UTC)
+    base = {
+        "target": "crm",
+        "object": "Opportunity",
+        "operation": "update",
+        "occurred_at": now,
+        "next_attempt_at": now,
+        "created_at": now,
+        "payload": {"Amount": 1},
+    }
+    with begin_write(engine) as conn:
+        conn.execute(
+            outbox.insert(),
+            [
+                {**base, "record_key": "r1", "status": "pending", "attempts": 0, "last_error": None},
+                {
+                    **base,
+                    "record_key": "r2",
+                    "status": "dead",
+                    "attempts": 8,
+                    "last_error": "FIELD_CUSTOM_VALIDATION_EXCEPTION: nope",
+                },
+            ],
+        )
+        conn.execute(
+            inbox.insert().values(
+                source="test",
+                delivery_id="d1",
+                kind="record.changed",
+                ordering_key="k",
+                occurred_at=now,
+                received_at=now,
+                sender="t",
+                raw_digest="0" * 64,
+                data={},
+                status="parked",
+                attempts=1,
+                error="RuntimeError: boom",
+            )
+        )
+    env = env_for(tmp_path, sqlite_url)
+    shown = json.loads(cli(env, "outbox", "--json").stdout)
+    assert shown["counts"] == {"pending": 1, "sent": 0, "dead": 1}
+    assert shown["dead"][0]["last_error"] == "FIELD_CUSTOM_VALIDATION_EXCEPTION: nope"
+    listed = cli(env, "deadletters", "list")
+    assert "write:2" in listed.stdout and "event:1" in listed.stdout and "RuntimeError: boom" in listed.stdout
+    assert cli(env, "deadletters", "retry", "write:99").returncode == 1
+    assert cli(env, "deadletters", "retry", "banana").returncode == 2
+    retried = cli(env, "deadletters", "retry", "--all")
+    assert retried.returncode == 0 and "requeued 1 write(s) and 1 event(s)" in retried.stdout
+    with engine.connect() as conn:
+        assert set(conn.execute(sa.select(outbox.c.status)).scalars()) == {"pending"}
+        assert conn.execute(sa.select(inbox.c.status)).scalar() == "pending"
+
+
+@pytest.mark.parametrize("command", ["init", "serve", "worker", "check", "outbox", "deadletters"])
+def test_every_command_has_help(command: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "plugin", command, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0 and "usage:" in result.stdout
