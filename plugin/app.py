@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from plugin import logs, migrate, routes
@@ -32,7 +32,7 @@ def create_app(config: Config | None = None, overrides: Mapping[str, Any] | None
     def _http_error(exc: HTTPException) -> Response:
         # JSON for every error, with a reason a script (and a metric) can key on.
         reason = (exc.name or "error").lower().replace(" ", "_")
-        resp = app.json.response({"error": exc.description, "reason": reason})
+        resp = jsonify({"error": exc.description, "reason": reason})
         resp.status_code = exc.code or 500
         return resp
 

@@ -14,10 +14,10 @@ from plugin.storage import begin_write, is_postgres, jobs
 def hold_lease(engine: Engine, name: str, owner: str, now: datetime, duration: timedelta) -> bool:
     """Take or renew the lease `name` for `owner`; False if someone else holds a live one."""
     insert = postgresql.insert if is_postgres(engine) else sqlite.insert
-    stmt = insert(jobs).values(
+    values = insert(jobs).values(
         name=name, next_run_at=now, lease_owner=owner, lease_until=now + duration, state={}
     )
-    stmt = stmt.on_conflict_do_update(
+    stmt = values.on_conflict_do_update(
         index_elements=["name"],
         set_={"lease_owner": owner, "lease_until": now + duration},
         where=sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now, jobs.c.lease_owner == owner),

@@ -63,7 +63,7 @@ def render(engine: Engine) -> bytes:
         from prometheus_client import multiprocess
 
         counters = CollectorRegistry()
-        multiprocess.MultiProcessCollector(counters)
+        multiprocess.MultiProcessCollector(counters)  # type: ignore[no-untyped-call]
     else:
         from prometheus_client import REGISTRY as counters
     database = CollectorRegistry()

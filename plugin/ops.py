@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, jsonify
 
 from plugin import metrics
 from plugin.runtime import runtime
@@ -14,7 +14,7 @@ blueprint = Blueprint("ops", __name__)
 @blueprint.get("/healthz")
 def healthz() -> Response:
     """The process is up and answering."""
-    return current_app.json.response({"status": "ok"})
+    return jsonify({"status": "ok"})
 
 
 @blueprint.get("/readyz")
@@ -34,7 +34,7 @@ def readyz() -> Response:
         ok, why = False, f"{type(exc).__name__}: {exc}"[:300]
     checks["crm"] = {"ok": ok, "detail": why, "writer": getattr(rt.writer, "name", "?") if ok else why}
     ready = all(c["ok"] for c in checks.values())
-    resp = current_app.json.response({"ready": ready, "checks": checks})
+    resp = jsonify({"ready": ready, "checks": checks})
     resp.status_code = 200 if ready else 503
     return resp
 

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from flask import Request, Response, current_app, request
+from flask import Request, Response, current_app, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from plugin import metrics
@@ -107,7 +107,7 @@ def receive(source: Source) -> Response:
 
 def json_refusal(exc: Rejected) -> Response:
     """The JSON error body used by every JSON source."""
-    resp = current_app.json.response({"error": exc.message, "reason": exc.reason})
+    resp = jsonify({"error": exc.message, "reason": exc.reason})
     resp.status_code = exc.status
     if exc.status == 503:
         resp.headers["Retry-After"] = "5"
@@ -116,6 +116,6 @@ def json_refusal(exc: Rejected) -> Response:
 
 def json_ack(result: StoreResult, parsed: Parsed) -> Response:
     """The JSON acknowledgement used by every JSON source."""
-    return current_app.json.response(
+    return jsonify(
         {"stored": result.stored, "duplicates": result.duplicates, "ignored": sum(parsed.ignored.values())}
     )

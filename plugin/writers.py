@@ -28,5 +28,6 @@ def build_writer(config: Config, engine: Engine) -> CrmWriter:
     if kind == "salesforce":
         from connectors.salesforce.wiring import build_salesforce_writer
 
-        return build_salesforce_writer(config)
+        writer: CrmWriter = build_salesforce_writer(config)
+        return writer
     return DryRunWriter(engine)

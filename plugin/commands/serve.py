@@ -48,7 +48,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
 def _child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid)
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 class GunicornApp(BaseApplication):  # type: ignore[misc]
