@@ -67,18 +67,20 @@ def event_row(event: Event, received_at: datetime) -> dict[str, Any]:
     }
 
 
-def insert_events(conn: sa.Connection, events: Sequence[Event], received_at: datetime) -> int:
-    """Insert idempotently on (source, delivery_id); return how many rows were new."""
+def insert_events(conn: sa.Connection, events: Sequence[Event], received_at: datetime) -> set[tuple[str, str]]:
+    """Insert idempotently on (source, delivery_id), in one statement; return the new keys."""
     if not events:
-        return 0
+        return set()
     insert = postgresql.insert if is_postgres_conn(conn) else sqlite.insert
-    # A batch may itself repeat a delivery id; keep the first so counts stay exact.
+    # A batch may itself repeat a delivery id; the first one is the one stored.
     unique: dict[tuple[str, str], Event] = {}
     for ev in events:
         unique.setdefault((ev.source, ev.delivery_id), ev)
     stmt = insert(inbox).on_conflict_do_nothing(index_elements=["source", "delivery_id"])
-    result = conn.execute(stmt.returning(inbox.c.id), [event_row(ev, received_at) for ev in unique.values()])
-    return len(result.all())
+    result = conn.execute(
+        stmt.returning(inbox.c.source, inbox.c.delivery_id), [event_row(ev, received_at) for ev in unique.values()]
+    )
+    return {(source, delivery_id) for source, delivery_id in result}
 
 
 def is_postgres_conn(conn: sa.Connection) -> bool:
@@ -135,7 +137,7 @@ class GroupCommitter:
         received_at = datetime.now(UTC)
         try:
             with begin_write(self._engine) as conn:
-                results = [self._insert_ticket(conn, t, received_at) for t in batch]
+                new = insert_events(conn, [ev for t in batch for ev in t.events], received_at)
             self.commits += 1
         except Exception as exc:  # every waiter must hear about it, whatever it was
             log.error("inbox commit failed", extra={"reason": "store_failed", "error": repr(exc)})
@@ -143,15 +145,16 @@ class GroupCommitter:
                 t.error = exc
                 t.done.set()
             return
-        for t, result in zip(batch, results, strict=True):
-            t.result = result
+        for t in batch:
+            # Each new key is credited to the first request that carried it; later ones are duplicates.
+            stored = 0
+            for ev in t.events:
+                key = (ev.source, ev.delivery_id)
+                if key in new:
+                    new.discard(key)
+                    stored += 1
+            t.result = StoreResult(stored=stored, duplicates=len(t.events) - stored)
             t.done.set()
-
-    @staticmethod
-    def _insert_ticket(conn: sa.Connection, ticket: _Ticket, received_at: datetime) -> StoreResult:
-        # Per ticket, so each request learns its own duplicate count.
-        stored = insert_events(conn, ticket.events, received_at)
-        return StoreResult(stored=stored, duplicates=len(ticket.events) - stored)
 
 
 _committers: dict[int, GroupCommitter] = {}

@@ -5,10 +5,11 @@ Salesforce types every field an outbound message carries in the message's own WS
 the built-in schema below, which only knows the envelope and the abstract `sObject`);
 this module then walks zeep's schema once and keeps, per sObject type, a converter for
 each field the WSDL describes. Parsing a message is then a dictionary lookup and one
-conversion per field, instead of zeep's generic tree walk (see `parse_outbound`'s notes
-for the measured difference), and it keeps what zeep's walk loses: which fields were
-actually sent (zeep fills every unsent field with None) and fields the WSDL does not know
-or that arrive out of sequence order (zeep leaves them untyped or fails).
+conversion per field instead of zeep's generic tree walk: on one core, a 100-notification
+message of 11 fields parses at ~30k notifications/s, against ~6.4k for zeep's own
+`element.parse` of the same body. It also keeps what zeep's walk loses: which fields were
+actually sent (zeep fills every unsent field with None), and fields the WSDL does not know
+or that arrive out of sequence order (zeep's strict parse refuses the whole message).
 
 Conversions follow zeep's builtin types, made strict where zeep is lenient (zeep reads any
 boolean other than "true"/"1" as False); `xsd:double` becomes `Decimal` (exact money).
@@ -53,7 +54,7 @@ class OutboundWsdlError(Exception):
     """A configured outbound-message WSDL cannot be used (missing, unsafe or not one)."""
 
 
-class _LocalOnlyTransport(Transport):  # type: ignore[misc]
+class _LocalOnlyTransport(Transport):
     """zeep transport that reads local files and nothing else: no http(s), no file:// URLs."""
 
     def load(self, url: str) -> bytes:
@@ -98,7 +99,10 @@ def _to_decimal(text: str) -> Decimal:
     value = text.strip()
     if not _DOUBLE_RE.fullmatch(value):
         raise ValueError("not an xsd:double")
-    return Decimal(value)
+    number = Decimal(value)
+    if number.is_finite() and not -400 <= number.adjusted() <= 400:  # 1E999999999: no double
+        raise ValueError("out of xsd:double range")
+    return number
 
 
 def xsd_datetime(text: str) -> datetime:
@@ -267,16 +271,21 @@ def base_schema() -> Schema:
     global _base_schema
     with _lock:
         if _base_schema is None:
-            transport = _LocalOnlyTransport()
-            root = parse_xml(BASE_SCHEMA_XSD.encode(), transport, settings=ZEEP_SETTINGS)
-            _base_schema = Schema(list(root), transport=transport, settings=ZEEP_SETTINGS)
+            transport = _LocalOnlyTransport()  # type: ignore[no-untyped-call]
+            root = parse_xml(BASE_SCHEMA_XSD, transport, settings=ZEEP_SETTINGS)
+            _base_schema = Schema(  # type: ignore[no-untyped-call]
+                list(root), transport=transport, settings=ZEEP_SETTINGS
+            )
         return _base_schema
 
 
 def load_wsdl(path: Path) -> Schema:
     """Load one outbound message's WSDL with zeep, local file only, no DTD/entities/imports."""
     try:
-        return Document(str(path), _LocalOnlyTransport(), settings=ZEEP_SETTINGS).types
+        transport = _LocalOnlyTransport()  # type: ignore[no-untyped-call]
+        document = Document(str(path), transport, settings=ZEEP_SETTINGS)  # type: ignore[arg-type]
+        schema: Schema = document.types
+        return schema
     except OutboundWsdlError:
         raise
     except Exception as exc:  # zeep and lxml raise many kinds; none may escape raw

@@ -6,4 +6,12 @@ from tests.sfemu.server import SalesforceEmulator
 from tests.sfemu.state import Call
 from tests.sfemu.tls import KeyPair, make_consumer_keypair
 
-__all__ = ["Call", "KeyPair", "SalesforceEmulator", "checksum", "is_valid_id", "make_consumer_keypair", "to18"]
+__all__ = [
+    "Call",
+    "KeyPair",
+    "SalesforceEmulator",
+    "checksum",
+    "is_valid_id",
+    "make_consumer_keypair",
+    "to18",
+]

@@ -4,7 +4,8 @@
     GET  /__emulator/records/<Object>           -> [record, ...]
     GET  /__emulator/usage                      -> {"used": N, "limit": M}
     POST /__emulator/reset
-    POST /__emulator/consumers     {"client_id", "certificate_pem"?, "client_secret"?, "run_as"?, "approved_users"?}
+    POST /__emulator/consumers     {"client_id", "certificate_pem"?, "client_secret"?, "run_as"?,
+                                    "approved_users"?}
     POST /__emulator/login-history {"user_id", "login_time" (ISO 8601), "login_type"?, ...}
     POST /__emulator/faults        one or more of:
         {"expire_sessions": true}
@@ -89,6 +90,8 @@ def _faults(emu: SalesforceEmulator, body: dict[str, Any]) -> None:
             fields=spec.get("fields", ()),
         )
     if "fail_next" in body:
-        emu.fail_next(int(body["fail_next"].get("count", 1)), status=int(body["fail_next"].get("status", 503)))
+        emu.fail_next(
+            int(body["fail_next"].get("count", 1)), status=int(body["fail_next"].get("status", 503))
+        )
     if "slow_down" in body:
         emu.slow_down(float(body["slow_down"]["seconds"]), body["slow_down"].get("count"))

@@ -36,7 +36,9 @@ def _success(state: OrgState, base_url: str, session: Session, consumer: Consume
     issued_at = str(int(time.time() * 1000))
     identity = f"{base_url}/id/{state.org_id}/{session.user_id}"
     key = (consumer.client_secret or consumer.client_id).encode()
-    signature = base64.b64encode(hmac.new(key, (identity + issued_at).encode(), hashlib.sha256).digest()).decode()
+    signature = base64.b64encode(
+        hmac.new(key, (identity + issued_at).encode(), hashlib.sha256).digest()
+    ).decode()
     body = {
         "access_token": session.token,
         "scope": "api",
@@ -69,7 +71,9 @@ def token_endpoint(
     return _error("unsupported_grant_type", "grant type not supported")
 
 
-def _jwt_bearer(state: OrgState, assertion: str, base_url: str, audiences: frozenset[str], leeway: int) -> Response:
+def _jwt_bearer(
+    state: OrgState, assertion: str, base_url: str, audiences: frozenset[str], leeway: int
+) -> Response:
     try:
         header = jwt.get_unverified_header(assertion)
         claims: dict[str, Any] = jwt.decode(assertion, options={"verify_signature": False})

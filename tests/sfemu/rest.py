@@ -23,7 +23,8 @@ from tests.sfemu.state import ObjectDef, OrgState, Session
 MAX_COLLECTION = 200
 ROLLED_BACK = {
     "statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",
-    "message": "Record rolled back because not all records were valid and the request was using AllOrNone header",
+    "message": "Record rolled back because not all records were valid and the request was using "
+    "AllOrNone header",
     "fields": [],
 }
 
@@ -36,7 +37,9 @@ class RestError(Exception):
         self.status, self.code, self.message, self.fields = status, code, message, fields or []
 
     def response(self) -> Response:
-        return json_response([{"message": self.message, "errorCode": self.code, "fields": self.fields}], self.status)
+        return json_response(
+            [{"message": self.message, "errorCode": self.code, "fields": self.fields}], self.status
+        )
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -50,7 +53,9 @@ def not_found() -> RestError:
 class Rest:
     """One REST request, already authenticated and counted."""
 
-    def __init__(self, state: OrgState, request: Request, version: str, session: Session, batch_size: int) -> None:
+    def __init__(
+        self, state: OrgState, request: Request, version: str, session: Session, batch_size: int
+    ) -> None:
         self.state, self.request, self.version, self.session = state, request, version, session
         self.batch_size = batch_size
         self.records = 0  # for the call log
@@ -76,7 +81,9 @@ class Rest:
                 continue
             canonical = self.state.field_name(odef, key)
             if canonical is None:
-                raise RestError(400, "INVALID_FIELD", f"No such column '{key}' on sobject of type {odef.name}")
+                raise RestError(
+                    400, "INVALID_FIELD", f"No such column '{key}' on sobject of type {odef.name}"
+                )
             out[canonical] = value
         return out
 
@@ -91,8 +98,10 @@ class Rest:
             if canonical is None:
                 if odef.strict:
                     raise RestError(
-                        400, "INVALID_FIELD", f"No such column '{name}' on entity '{odef.name}'. If you are "
-                        "attempting to use a custom field, be sure to append the '__c' after the custom field name."
+                        400,
+                        "INVALID_FIELD",
+                        f"No such column '{name}' on entity '{odef.name}'. If you are attempting to use a "
+                        "custom field, be sure to append the '__c' after the custom field name.",
                     )
                 canonical = name
             out[canonical] = record.get(canonical)
@@ -131,12 +140,21 @@ class Rest:
             self.records = 1
             record_id = self.state.insert(odef, self.values(odef, self.body() or {}), self.session.user_id)
             return json_response({"id": record_id, "success": True, "errors": []}, 201)
-        odef = self.odef(parts[0], create=False)
+        odef = self.odef(parts[0], create=method in ("POST", "PATCH"))
         if len(parts) == 2 and parts[1] == "describe" and method == "GET":
-            return json_response({"name": odef.name, "keyPrefix": self.state.ids.prefix_for(odef.name), "fields": [
-                {"name": f, "externalId": odef.external_ids is not None and f.lower() in odef.external_ids}
-                for f in odef.fields.values()
-            ]})
+            return json_response(
+                {
+                    "name": odef.name,
+                    "keyPrefix": self.state.ids.prefix_for(odef.name),
+                    "fields": [
+                        {
+                            "name": f,
+                            "externalId": odef.external_ids is not None and f.lower() in odef.external_ids,
+                        }
+                        for f in odef.fields.values()
+                    ],
+                }
+            )
         if len(parts) == 2:
             record = self.state.find(odef, parts[1])
             if record is None:
@@ -160,7 +178,9 @@ class Rest:
                 values = self.values(odef, self.body() or {})
                 self.check_faults(odef, [matches[0]["Id"], parts[2]])
                 self.state.update(odef, matches[0]["Id"], values, self.session.user_id)
-                return json_response({"id": matches[0]["Id"], "success": True, "errors": [], "created": False})
+                return json_response(
+                    {"id": matches[0]["Id"], "success": True, "errors": [], "created": False}
+                )
             return self.row(odef, matches[0], method, [matches[0]["Id"], parts[2]])
         raise not_found()
 
@@ -181,12 +201,16 @@ class Rest:
                 del self.state.records[odef.name][record["Id"]]
                 self.state.deleted.add(record["Id"])
             return Response(status=204)
-        raise RestError(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed. Allowed are GET,PATCH,DELETE")
+        raise RestError(
+            405, "METHOD_NOT_ALLOWED", f"HTTP Method '{method}' not allowed. Allowed are GET,PATCH,DELETE"
+        )
 
     def ext_field(self, odef: ObjectDef, name: str) -> str:
         canonical = self.state.field_name(odef, name)
         if canonical is None or (odef.external_ids is not None and name.lower() not in odef.external_ids):
-            raise RestError(404, "NOT_FOUND", f"Provided external ID field does not exist or is not accessible: {name}")
+            raise RestError(
+                404, "NOT_FOUND", f"Provided external ID field does not exist or is not accessible: {name}"
+            )
         return canonical
 
     def check_faults(self, odef: ObjectDef, keys: list[str]) -> None:
@@ -199,11 +223,17 @@ class Rest:
     def collection_body(self) -> tuple[list[dict[str, Any]], bool]:
         body = self.body()
         if not isinstance(body, dict) or not isinstance(body.get("records"), list):
-            raise RestError(400, "JSON_PARSER_ERROR", "The request body must be {\"allOrNone\": ..., \"records\": [...]}")
+            raise RestError(
+                400, "JSON_PARSER_ERROR", 'The request body must be {"allOrNone": ..., "records": [...]}'
+            )
         records = body["records"]
         self.records = len(records)
         if len(records) > MAX_COLLECTION:
-            raise RestError(400, "EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 records into this call")
+            raise RestError(
+                400,
+                "EXCEEDED_ID_LIMIT",
+                "record limit reached. cannot submit more than 200 records into this call",
+            )
         if not all(isinstance(r, dict) for r in records):
             raise RestError(400, "JSON_PARSER_ERROR", "Each record must be a JSON object")
         return records, bool(body.get("allOrNone", False))
@@ -216,9 +246,15 @@ class Rest:
         for raw in records:
             rtype = (raw.get("attributes") or {}).get("type")
             if not rtype:
-                raise RestError(400, "INVALID_TYPE", "Must specify a type in attributes for each sObject in the collection")
+                raise RestError(
+                    400,
+                    "INVALID_TYPE",
+                    "Must specify a type in attributes for each sObject in the collection",
+                )
             if url_odef is not None and rtype.lower() != url_odef.name.lower():
-                raise RestError(400, "INVALID_TYPE", f"The records must be of type {url_odef.name}, not {rtype}")
+                raise RestError(
+                    400, "INVALID_TYPE", f"The records must be of type {url_odef.name}, not {rtype}"
+                )
             odef = self.odef(rtype, create=op != "update")
             typed.append((odef, self.values(odef, raw)))
         seen: dict[str, int] = {}
@@ -233,19 +269,27 @@ class Rest:
                 try:
                     action = self.plan(op, odef, values, ext, seen)
                 except RestError as err:
-                    results.append({"success": False, "errors": [
-                        {"statusCode": err.code, "message": err.message, "fields": err.fields}]})
+                    results.append(
+                        {
+                            "success": False,
+                            "errors": [
+                                {"statusCode": err.code, "message": err.message, "fields": err.fields}
+                            ],
+                        }
+                    )
                     actions.append(None)
                 else:
                     results.append({"success": True, "errors": []})  # completed below
                     actions.append(action)
             if all_or_none and any(a is None for a in actions):
-                results = [r if not r["success"] else {"success": False, "errors": [ROLLED_BACK]} for r in results]
+                results = [
+                    r if not r["success"] else {"success": False, "errors": [ROLLED_BACK]} for r in results
+                ]
                 return json_response(results)
-            for i, action in enumerate(actions):
-                if action is None:
+            for i, planned in enumerate(actions):
+                if planned is None:
                     continue
-                kind, odef, record_id, values = action
+                kind, odef, record_id, values = planned
                 if record_id is None:
                     record_id = self.state.insert(odef, values, self.session.user_id)
                 else:
@@ -284,7 +328,12 @@ class Rest:
         matches = self.state.find_by(odef, ext, key)
         if len(matches) > 1:
             ids = ", ".join(r["Id"] for r in matches)
-            raise RestError(400, "DUPLICATE_EXTERNAL_ID", f"{ext}: more than one record found for external id field: [{ids}]", [ext])
+            raise RestError(
+                400,
+                "DUPLICATE_EXTERNAL_ID",
+                f"{ext}: more than one record found for external id field: [{ids}]",
+                [ext],
+            )
         self.check_faults(odef, [str(key), *(r["Id"] for r in matches)])
         if matches:
             return "update", odef, matches[0]["Id"], values
@@ -294,7 +343,11 @@ class Rest:
         ids = [i for i in self.request.args.get("ids", "").split(",") if i]
         self.records = len(ids)
         if len(ids) > MAX_COLLECTION:
-            raise RestError(400, "EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 records into this call")
+            raise RestError(
+                400,
+                "EXCEEDED_ID_LIMIT",
+                "record limit reached. cannot submit more than 200 records into this call",
+            )
         results: list[dict[str, Any]] = []
         with self.state.lock:
             for raw in ids:
@@ -304,8 +357,18 @@ class Rest:
                     if key in rows:
                         found = (name, key)
                 if found is None:
-                    results.append({"success": False, "errors": [
-                        {"statusCode": "ENTITY_IS_DELETED", "message": "entity is deleted", "fields": []}]})
+                    results.append(
+                        {
+                            "success": False,
+                            "errors": [
+                                {
+                                    "statusCode": "ENTITY_IS_DELETED",
+                                    "message": "entity is deleted",
+                                    "fields": [],
+                                }
+                            ],
+                        }
+                    )
                     continue
                 del self.state.records[found[0]][found[1]]
                 self.state.deleted.add(found[1])
@@ -349,7 +412,9 @@ class Rest:
         body: dict[str, Any] = {"totalSize": len(rows), "done": offset + size >= len(rows), "records": chunk}
         if not body["done"]:
             if locator is None:
-                id15 = "01g" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(12))
+                id15 = "01g" + "".join(
+                    secrets.choice(string.ascii_letters + string.digits) for _ in range(12)
+                )
                 locator = id15 + checksum(id15)
                 with self.state.lock:
                     self.state.cursors[locator] = rows

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_public_key
@@ -39,17 +40,39 @@ from tests.sfemu.tls import make_ca, make_server_cert
 
 _DATA_RE = re.compile(r"^/services/data/v(\d+\.\d)(?:/(.*))?$")
 _FAILURES = {
-    500: ("UNKNOWN_EXCEPTION", "An unexpected error occurred. Please include this ErrorId if you contact support: 1234567890-12345 (-123456789)"),
+    500: (
+        "UNKNOWN_EXCEPTION",
+        "An unexpected error occurred. Please include this ErrorId if you contact support: "
+        "1234567890-12345 (-123456789)",
+    ),
     502: ("SERVER_UNAVAILABLE", "Bad gateway"),
     503: ("SERVER_UNAVAILABLE", "Server temporarily unavailable. Please try again later."),
 }
+
+
+def _body_records(request: Request) -> int:
+    """Records a collection request carried, even if it was refused before being read."""
+    body = request.get_json(silent=True) if request.method in ("POST", "PATCH") else None
+    if isinstance(body, dict) and isinstance(body.get("records"), list):
+        return len(body["records"])
+    return 0
+
+
+class VerifyingSession(requests.Session):
+    """A requests.Session whose `verify` wins over REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (plain
+    requests lets those environment variables override `session.verify`)."""
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        return super().merge_environment_settings(
+            url, proxies, stream, self.verify if verify is None else verify, cert
+        )
 
 
 class _QuietHandler(WSGIRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
 
-    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - base class signature
+    def log_error(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -103,7 +126,9 @@ class SalesforceEmulator:
         self._server = server
         self.port = server.port
         self._stopping.clear()
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -121,7 +146,9 @@ class SalesforceEmulator:
     def __enter__(self) -> SalesforceEmulator:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     @property
@@ -136,6 +163,12 @@ class SalesforceEmulator:
         if self._tmp is None:
             raise RuntimeError("the emulator is not started")
         return str(self._tmp / "ca.pem")
+
+    def http_session(self) -> requests.Session:
+        """A requests session that trusts the emulator's CA (and only it)."""
+        session = VerifyingSession()
+        session.verify = self.ca_path
+        return session
 
     @property
     def org_id(self) -> str:
@@ -165,7 +198,9 @@ class SalesforceEmulator:
         if certificate_pem is not None:
             pem = certificate_pem.encode() if isinstance(certificate_pem, str) else certificate_pem
             loaded = (
-                x509.load_pem_x509_certificate(pem).public_key() if b"CERTIFICATE" in pem else load_pem_public_key(pem)
+                x509.load_pem_x509_certificate(pem).public_key()
+                if b"CERTIFICATE" in pem
+                else load_pem_public_key(pem)
             )
             if not isinstance(loaded, RSAPublicKey):
                 raise ValueError("the connected app certificate must hold an RSA key (RS256)")
@@ -177,11 +212,19 @@ class SalesforceEmulator:
             self._state.consumers[client_id] = Consumer(client_id, public_key, client_secret, run_as, users)
 
     def define_object(
-        self, name: str, fields: Iterable[str] | None = None, *, strict: bool = False, external_ids: Iterable[str] | None = None
+        self,
+        name: str,
+        fields: Iterable[str] | None = None,
+        *,
+        strict: bool = False,
+        external_ids: Iterable[str] | None = None,
     ) -> None:
         """Declare an object. Undeclared objects are created on first write, accepting any field."""
         self._state.define_object(
-            name, tuple(fields or ()), strict=strict, external_ids=tuple(external_ids) if external_ids is not None else None
+            name,
+            tuple(fields or ()),
+            strict=strict,
+            external_ids=tuple(external_ids) if external_ids is not None else None,
         )
 
     def insert_record(self, sobject: str, fields: dict[str, Any]) -> str:
@@ -208,15 +251,18 @@ class SalesforceEmulator:
         platform: str = "Windows 10",
     ) -> str:
         """Seed one LoginHistory row (LoginType e.g. "Application" for UI logins, "Remote Access 2.0")."""
-        return self.insert_record("LoginHistory", {
-            "UserId": user_id,
-            "LoginTime": sf_datetime(login_time),
-            "LoginType": login_type,
-            "Application": application,
-            "Status": status,
-            "SourceIp": source_ip,
-            "Platform": platform,
-        })
+        return self.insert_record(
+            "LoginHistory",
+            {
+                "UserId": user_id,
+                "LoginTime": sf_datetime(login_time),
+                "LoginType": login_type,
+                "Application": application,
+                "Status": status,
+                "SourceIp": source_ip,
+                "Platform": platform,
+            },
+        )
 
     # --- faults --------------------------------------------------------------------------------
 
@@ -303,14 +349,13 @@ class SalesforceEmulator:
 
     def reset(self) -> None:
         """Forget records, calls, faults and sessions; restore the initial API usage.
-        Users and connected apps stay."""
+        The org id, users (with their ids) and connected apps stay."""
         with self._state.lock:
-            users, consumers = dict(self._state.users), dict(self._state.consumers)
+            old = self._state
             state = OrgState(api_limit=self._config[0], api_used=self._config[1])
-            state.ids, state.org_id = self._state.ids, self._state.org_id
-            for username in users:
-                state.add_user(username)
-            state.consumers = consumers
+            state.ids, state.org_id = old.ids, old.org_id
+            state.users, state.consumers = dict(old.users), dict(old.consumers)
+            state.records["User"] = {uid: dict(old.records["User"][uid]) for uid in old.users.values()}
             self._state = state
 
     # --- HTTP ----------------------------------------------------------------------------------
@@ -321,7 +366,9 @@ class SalesforceEmulator:
             response = self._handle(request)
         except Exception as exc:
             self.errors.append(traceback.format_exc())
-            response = json_response([{"message": f"emulator bug: {exc!r}", "errorCode": "UNKNOWN_EXCEPTION", "fields": []}], 500)
+            response = json_response(
+                [{"message": f"emulator bug: {exc!r}", "errorCode": "UNKNOWN_EXCEPTION", "fields": []}], 500
+            )
         return response(environ, start_response)
 
     def _handle(self, request: Request) -> Response:
@@ -342,13 +389,17 @@ class SalesforceEmulator:
         if path.rstrip("/") == "/services/data":
             lo, hi = self.versions
             versions = [f"{v / 10:.1f}" for v in range(int(lo * 10), int(hi * 10) + 1, 10)]
-            return json_response([{"label": f"v{v}", "url": f"/services/data/v{v}", "version": v} for v in versions])
+            return json_response(
+                [{"label": f"v{v}", "url": f"/services/data/v{v}", "version": v} for v in versions]
+            )
         m = _DATA_RE.match(path)
         if m is None or not self.versions[0] <= float(m.group(1)) <= self.versions[1]:
             response = RestError(404, "NOT_FOUND", "The requested resource does not exist").response()
             state.log(Call(request.method, path, 404))
             return response
         response, records, counted = self._rest(request, m.group(1), m.group(2) or "")
+        if not records:
+            records = _body_records(request)
         with state.lock:
             response.headers["Sforce-Limit-Info"] = f"api-usage={state.api_used}/{state.api_limit}"
         state.log(Call(request.method, path, response.status_code, records, counted))
@@ -363,7 +414,11 @@ class SalesforceEmulator:
             if session is None:
                 return RestError(401, "INVALID_SESSION_ID", "Session expired or invalid").response(), 0, False
             if state.api_used >= state.api_limit:
-                return RestError(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.").response(), 0, False
+                return (
+                    RestError(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.").response(),
+                    0,
+                    False,
+                )
             state.api_used += 1
         failure = state.take_failure()
         if failure is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +76,9 @@ def _tokenize(soql: str) -> list[_Tok]:
         kind = m.lastgroup or ""
         raw = m.group(kind)
         if kind == "string":
-            tokens.append(_Tok("literal", raw, re.sub(r"\\(.)", lambda e: _ESCAPES.get(e[1], e[1]), raw[1:-1])))
+            tokens.append(
+                _Tok("literal", raw, re.sub(r"\\(.)", lambda e: _ESCAPES.get(e[1], e[1]), raw[1:-1]))
+            )
         elif kind == "datetime":
             tokens.append(_Tok("literal", raw, parse_datetime(raw)))
         elif kind == "date":
@@ -236,7 +238,9 @@ def _coerce(stored: Any, literal: Any) -> tuple[Any, Any]:
         return (parse_datetime(stored) if isinstance(stored, str) else stored), literal
     if isinstance(literal, dt.date):
         if isinstance(stored, str):
-            return (parse_datetime(stored).date() if "T" in stored else dt.date.fromisoformat(stored)), literal
+            return (
+                parse_datetime(stored).date() if "T" in stored else dt.date.fromisoformat(stored)
+            ), literal
         return stored, literal
     if isinstance(literal, str) and isinstance(stored, str):
         return stored.lower(), literal.lower()  # SOQL string comparison is case-insensitive
@@ -281,7 +285,9 @@ def _sort_key(value: Any) -> Any:
     return value
 
 
-def run(query: Query, rows: list[Mapping[str, Any]], get: Callable[[Mapping[str, Any], str], Any]) -> list[Mapping[str, Any]]:
+def run(
+    query: Query, rows: Sequence[Mapping[str, Any]], get: Callable[[Mapping[str, Any], str], Any]
+) -> list[Mapping[str, Any]]:
     """Filter, sort, offset and limit `rows`; `get(row, field)` reads a field case-insensitively."""
     out = [r for r in rows if all(matches(c, get(r, c.field)) for c in query.where)]
     for name, descending, nulls_last in reversed(query.order_by):

@@ -77,7 +77,15 @@ class Faults:
     rejects: dict[tuple[str, str], RecordFault] = field(default_factory=dict)
 
 
-STANDARD_FIELDS = ("Id", "IsDeleted", "CreatedDate", "CreatedById", "LastModifiedDate", "LastModifiedById", "SystemModstamp")
+STANDARD_FIELDS = (
+    "Id",
+    "IsDeleted",
+    "CreatedDate",
+    "CreatedById",
+    "LastModifiedDate",
+    "LastModifiedById",
+    "SystemModstamp",
+)
 LOGIN_HISTORY_FIELDS = ("UserId", "LoginTime", "LoginType", "Application", "Status", "SourceIp", "Platform")
 
 
@@ -99,6 +107,8 @@ class OrgState:
         self.calls: list[Call] = []
         self.define_object("LoginHistory", LOGIN_HISTORY_FIELDS, strict=True)
         self.define_object("User", ["Id", "Username", "Name", "IsActive"], strict=False)
+        for standard in ("Account", "Contact", "Opportunity", "Lead", "Case"):
+            self.define_object(standard, ["Name"])
 
     # --- schema -------------------------------------------------------------------------------
 

@@ -12,10 +12,10 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
+from connectors.salesforce.ids import to_18
 from plugin.app import create_app
 from plugin.config import Config
 from plugin.storage import get_engine, inbox
-from connectors.salesforce.ids import to_18
 from tests.conftest import TEST_SECRET, make_config
 from tests.support.events import ORG_ID, change_event, record_id, signed, signed_headers
 
@@ -139,7 +139,10 @@ def test_missing_secret_fails_closed_with_503(db_url: str, tmp_path: Path) -> No
         ([1, 2], "body must be a JSON object"),
         ({"events": []}, "events must be a list"),
         ({**change_event(1), "occurred_at": "yesterday"}, "event.occurred_at"),
-        ({**change_event(1), "occurred_at": "2026-11-26T10:00:00"}, "event.occurred_at must carry a time zone"),
+        (
+            {**change_event(1), "occurred_at": "2026-11-26T10:00:00"},
+            "event.occurred_at must carry a time zone",
+        ),
         ({k: v for k, v in change_event(1).items() if k != "record"}, "event.record"),
         ({**change_event(1), "org_id": "not-an-id"}, "event.org_id"),
         ({**change_event(1), "object": "Robert'); DROP TABLE"}, "event.object"),
