@@ -12,7 +12,9 @@ from plugin.dryrun import DryRunWriter
 def salesforce_configured(config: Config) -> bool:
     """Whether credentials for the Salesforce writer are present."""
     sf = config.salesforce
-    return bool(sf.client_id and (sf.private_key_file or sf.username))
+    if sf.auth == "client_credentials":
+        return bool(sf.client_id and sf.client_secret)
+    return bool(sf.client_id and sf.username and sf.private_key_file)
 
 
 def writer_kind(config: Config) -> str:

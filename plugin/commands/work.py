@@ -8,11 +8,14 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
+from connectors.power_automate.subscriptions import build_notifier
 from plugin import logs, migrate
 from plugin.config import Config
 from plugin.dispatch import Dispatcher
+from plugin.jobs import JobRunner, load_jobs
 from plugin.rules import load_rules
 from plugin.storage import get_engine
 from plugin.worker import Worker, worker_id
@@ -21,8 +24,8 @@ from plugin.writers import build_writer
 log = logging.getLogger("plugin.worker")
 
 
-def build(config: Config) -> tuple[Worker, Dispatcher]:
-    """A worker and a dispatcher for this configuration."""
+def build(config: Config) -> tuple[Worker, Dispatcher, JobRunner]:
+    """A worker, a dispatcher and a job runner for this configuration."""
     engine = get_engine(config.storage.url)
     migrate.upgrade(engine)
     owner = worker_id()
@@ -41,15 +44,17 @@ def build(config: Config) -> tuple[Worker, Dispatcher]:
         backoff_base_seconds=d.backoff_base_seconds,
         backoff_max_seconds=d.backoff_max_seconds,
         lease_seconds=d.lease_seconds,
+        notifier=build_notifier(config, engine),
     )
-    return worker, dispatcher
+    return worker, dispatcher, JobRunner(engine, load_jobs(config), owner=owner)
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
     """Loop until SIGTERM/SIGINT (or, with --once, until there is nothing left to do)."""
     logs.configure(config)
-    worker, dispatcher = build(config)
+    worker, dispatcher, jobs = build(config)
     if args.once:
+        jobs.run_due(datetime.now(UTC))
         while worker.run_once().done or dispatcher.run_once().calls:
             pass
         return 0
@@ -68,6 +73,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
         ),
         threading.Thread(
             target=_loop, args=("dispatch", lambda: dispatcher.run_once().calls, stop, interval), daemon=True
+        ),
+        threading.Thread(
+            target=_loop, args=("jobs", lambda: jobs.run_due(datetime.now(UTC)), stop, 1.0), daemon=True
         ),
     ]
     for t in threads:

@@ -1,0 +1,142 @@
+"""Scheduled jobs (pollers, aggregation), run by the workers: one runner at a time per job.
+
+A job reads its stored state (e.g. a poller's watermark), may do I/O, and returns events for the
+inbox and its new state. Both are stored in one transaction, so a crash re-runs the job from the
+old state and the re-emitted events deduplicate on their delivery ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from plugin.config import Config
+from plugin.events import Event
+from plugin.inbox import insert_events
+from plugin.storage import begin_write, is_postgres, jobs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """What one run produced."""
+
+    events: Sequence[Event] = ()
+    state: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A named task run every `interval_seconds`: run(state, now) -> JobRun."""
+
+    name: str
+    interval_seconds: float
+    run: Callable[[Mapping[str, Any], datetime], JobRun]
+
+
+def builtin_jobs(config: Config) -> list[Job]:
+    """The jobs OnRecord ships, as far as the configuration enables them."""
+    found: list[Job] = []
+    from plugin.writers import writer_kind
+
+    if writer_kind(config) == "salesforce" and config.salesforce.poll_logins_interval_seconds > 0:
+        from connectors.salesforce.logins import login_poll_job
+
+        found.append(login_poll_job(config))
+    return found
+
+
+def load_jobs(config: Config) -> list[Job]:
+    """Resolve `worker.jobs` ("module:attribute" naming a factory(config) -> list of Jobs)."""
+    found: list[Job] = []
+    for path in config.worker.jobs:
+        module_name, _, attr = path.partition(":")
+        if not attr:
+            raise ValueError(f"worker.jobs: {path!r} is not of the form module:attribute")
+        factory = getattr(importlib.import_module(module_name), attr)
+        found.extend(factory(config))
+    return found
+
+
+class JobRunner:
+    """Runs due jobs under a per-job lease."""
+
+    def __init__(
+        self, engine: Engine, jobs_: Sequence[Job], *, owner: str, lease_seconds: float = 300
+    ) -> None:
+        self.engine = engine
+        self.jobs = list(jobs_)
+        self.owner = owner
+        self.lease = timedelta(seconds=lease_seconds)
+
+    def run_due(self, now: datetime) -> int:
+        """Run every job whose time has come and that nobody else is running; return how many ran."""
+        ran = 0
+        for job in self.jobs:
+            state = self._claim(job, now, force=False)
+            if state is None:
+                continue
+            with contextlib.suppress(Exception):  # logged in _run; one failing job must not stop the rest
+                self._run(job, state, now)
+            ran += 1
+        return ran
+
+    def run_now(self, name: str, now: datetime) -> JobRun:
+        """Run one job at once (the CLI's `poll logins`), still under its lease."""
+        job = next((j for j in self.jobs if j.name == name), None)
+        if job is None:
+            raise KeyError(f"no job named {name!r} is configured")
+        state = self._claim(job, now, force=True)
+        if state is None:
+            raise RuntimeError(f"job {name!r} is running elsewhere right now")
+        return self._run(job, state, now)
+
+    def _claim(self, job: Job, now: datetime, *, force: bool) -> dict[str, Any] | None:
+        insert = postgresql.insert if is_postgres(self.engine) else sqlite.insert
+        with begin_write(self.engine) as conn:
+            conn.execute(
+                insert(jobs)
+                .values(name=job.name, next_run_at=now, state={})
+                .on_conflict_do_nothing(index_elements=["name"])
+            )
+            free = sa.or_(jobs.c.lease_until.is_(None), jobs.c.lease_until <= now)
+            due = free if force else sa.and_(free, jobs.c.next_run_at <= now)
+            claimed = conn.execute(
+                jobs.update()
+                .where(jobs.c.name == job.name, due)
+                .values(lease_owner=self.owner, lease_until=now + self.lease)
+                .returning(jobs.c.state)
+            ).first()
+        return dict(claimed.state) if claimed is not None else None
+
+    def _run(self, job: Job, state: dict[str, Any], now: datetime) -> JobRun:
+        try:
+            result = job.run(state, now)
+        except Exception:
+            log.exception("job failed", extra={"job": job.name, "reason": "job_failed"})
+            self._finish(job, None, now + timedelta(seconds=min(job.interval_seconds, 60)))
+            raise
+        self._finish(job, result, now + timedelta(seconds=job.interval_seconds))
+        return result
+
+    def _finish(self, job: Job, result: JobRun | None, next_run: datetime) -> None:
+        with begin_write(self.engine) as conn:
+            values: dict[str, Any] = {"lease_owner": None, "lease_until": None, "next_run_at": next_run}
+            if result is not None:
+                insert_events(conn, result.events, datetime.now(UTC))
+                values["state"] = dict(result.state)
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.name == job.name, jobs.c.lease_owner == self.owner)
+                .values(**values)
+            )
