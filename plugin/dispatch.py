@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,7 @@ from plugin.storage import begin_write, outbox
 log = logging.getLogger(__name__)
 
 PAUSE_RETRY = timedelta(seconds=60)
+NOTIFY_CHUNK = 20  # notifications delivered between two lease renewals
 
 # Delivers notification rows; returns one result per row. The default has no subscribers.
 Notifier = Callable[[Sequence[Any]], list[RecordResult]]
@@ -125,12 +127,25 @@ class Dispatcher:
         crm_rows = [r for r in rows if r.target == "crm"]
         notes = [r for r in rows if r.target == "notification"]
         result = DispatchResult(0, 0, 0, 0)
-        if notes:
-            outcomes = self.notifier(notes)
+        started = time.monotonic()
+
+        def still_leader() -> bool:
+            # A pass of slow calls can outlast the lease: renew it before each call, and stop
+            # if another worker has taken over (it will send what this pass did not).
+            at = now + timedelta(seconds=time.monotonic() - started)
+            return hold_lease(self.engine, "dispatcher", self.owner, at, self.lease)
+
+        for i in range(0, len(notes), NOTIFY_CHUNK):
+            if not still_leader():
+                return result
+            chunk = notes[i : i + NOTIFY_CHUNK]
+            outcomes = self.notifier(chunk)
             self._record(
-                [(r.id, r.attempts, o) for r, o in zip(notes, outcomes, strict=True)], datetime.now(UTC)
+                [(r.id, r.attempts, o) for r, o in zip(chunk, outcomes, strict=True)], datetime.now(UTC)
             )
         for batch in batches(coalesce(crm_rows), self.batch_size):
+            if not still_leader():
+                return result
             result = _add(result, self._send(batch))
         return result
 

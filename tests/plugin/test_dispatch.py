@@ -223,3 +223,17 @@ def test_dry_run_writer_records_calls_and_the_records_as_they_would_stand(engine
         "StageName": "A",
     }
     assert writer.read_fields("Opportunity", "nope", ["Amount"]) is None
+
+
+def test_a_dispatcher_that_lost_its_lease_mid_pass_stops_sending(engine: sa.Engine) -> None:
+    enqueue(engine, [(f"rec{i:04d}", {"Amount": i}) for i in range(600)])
+
+    class SlowWriter(ScriptedWriter):
+        def write_batch(self, batch: WriteBatch) -> list[RecordResult]:
+            # While this call runs, another worker takes the lease over (ours expired).
+            Dispatcher(engine, ScriptedWriter(), owner="usurper").run_once(datetime.now(UTC) + timedelta(hours=1))
+            return super().write_batch(batch)
+
+    slow = SlowWriter()
+    result = Dispatcher(engine, slow, owner="slow", lease_seconds=60).run_once(T0)
+    assert len(slow.batches) == 1 and result.calls == 1  # it noticed and stopped after one call
