@@ -147,7 +147,7 @@ def main() -> int:
     base_env["PYTHONPATH"] = str(ROOT)
     gunicorn_args = [
         "--worker-class", "gthread", "--workers", str(args.workers), "--threads", str(args.threads),
-        "--no-control-socket", "--log-level", "warning",
+        "--no-control-socket", "--log-level", "warning", "--config", "python:bench.gunicorn_bare",
     ]
     # (a) the bare endpoint
     port = free_port()
@@ -167,6 +167,7 @@ def main() -> int:
         "ONRECORD_VAR_DIR": str(tmp / "var"),
         "ONRECORD_STORAGE__URL": f"sqlite:///{tmp}/var/onrecord.db",
         "ONRECORD_SALESFORCE__EVENTS_SECRET": SECRET,
+        "ONRECORD_GOVERNED": json.dumps([{"object": "Opportunity", "fields": ["Amount", "StageName", "CloseDate"]}]),
         "ONRECORD_SERVER__WORKERS": str(args.workers),
         "ONRECORD_SERVER__THREADS": str(args.threads),
         "ONRECORD_LOGGING__LEVEL": "WARNING",

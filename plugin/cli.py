@@ -28,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("worker", help="run the rules worker and the dispatcher")
     p.add_argument("--once", action="store_true", help="work until idle, then exit")
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    p = sub.add_parser("inbox-writer", help=argparse.SUPPRESS)  # started by `serve` for SQLite
+    p.add_argument("--socket", required=True)
+    p.add_argument("--parent-pid", type=int)
     sub.add_parser("check", help="validate configuration and reach the database and the CRM")
     p = sub.add_parser("outbox", help="show pending, sent and dead CRM writes")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -41,6 +44,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     q.add_argument("ids", nargs="*")
     q.add_argument("--all", action="store_true")
+    p = sub.add_parser("poll", help="run a poller once, now (logins: Salesforce LoginHistory)")
+    p.add_argument("what", choices=["logins"])
+    p = sub.add_parser("provision", help="write (and deploy) the Salesforce metadata package")
+    p.add_argument("--out", help="directory to write the package to (default: a temporary one)")
+    p.add_argument("--deploy", action="store_true", help="deploy it through the Metadata API")
+    p.add_argument("--check-only", action="store_true", help="with --deploy: validate, do not save")
+    p.add_argument("--wait", type=float, default=600.0, help="with --deploy: seconds to wait for it")
+
+    p = sub.add_parser("keys", help="provenance signing keys: list, rotate, export (public JWK set)")
+    p.add_argument("action", choices=["list", "rotate", "export"])
+    p = sub.add_parser("verify", help="verify a provenance chain with the public keys only")
+    p.add_argument("file", nargs="?", help="JSON as GET /api/provenance/<object>/<id> returns it")
+    p.add_argument("--record", help="OBJECT/ID to fetch from --url")
+    p.add_argument("--url", help="a running OnRecord, e.g. https://onrecord.contoso.com")
+    p.add_argument("--keys", help="JWK set file (default: <url>/.well-known/onrecord-keys.json)")
+    p.add_argument("--token", help="API token for --url (default: the first of api.tokens)")
+    p = sub.add_parser("log", help="the provenance log: print its current signed checkpoint")
+    p.add_argument("action", choices=["checkpoint"])
 
     args = parser.parse_args(argv)
     if args.config:
@@ -55,8 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": _lazy("plugin.commands.serve", "run"),
         "worker": _lazy("plugin.commands.work", "run"),
         "check": _lazy("plugin.commands.check", "run"),
+        "inbox-writer": _lazy("plugin.commands.serve", "run_inbox_writer"),
         "outbox": _lazy("plugin.commands.outbox", "run_outbox"),
         "deadletters": _lazy("plugin.commands.outbox", "run_deadletters"),
+        "poll": _lazy("plugin.commands.poll", "run"),
+        "provision": _lazy("plugin.commands.provision", "run"),
+        "keys": _lazy("plugin.commands.keys", "run"),
+        "verify": _lazy("plugin.commands.verify", "run"),
+        "log": _lazy("plugin.commands.log", "run"),
     }
     return commands[args.command](args, config)
 

@@ -7,18 +7,21 @@ or the file `<secrets_dir>/<section>.<key>` (where `init` keeps generated dev se
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 ENV_PREFIX = "ONRECORD_"
 # Variables with the prefix that are not configuration keys.
-NOT_CONFIG = frozenset({"ONRECORD_CONFIG", "ONRECORD_TEST_POSTGRES_URL"})
+NOT_CONFIG = frozenset({"ONRECORD_CONFIG", "ONRECORD_TEST_POSTGRES_URL", "ONRECORD_INBOX_SOCKET"})
 DEFAULT_CONFIG_PATH = Path("config/onrecord.toml")
 
 
@@ -58,6 +61,8 @@ class WorkerConfig(_Section):
     poll_interval_seconds: float = Field(0.2, gt=0)
     # Rules run on each event: "module:attribute" paths, each a Rule or a list of Rules.
     rules: list[str] = Field(default_factory=lambda: ["plugin.rules:builtin_rules"])
+    # Scheduled jobs (pollers): "module:attribute" paths of factories(config) -> list of Jobs.
+    jobs: list[str] = Field(default_factory=lambda: ["plugin.jobs:builtin_jobs"])
 
 
 class DispatchConfig(_Section):
@@ -79,24 +84,35 @@ class SalesforceConfig(_Section):
     org_id: str = ""
     integration_user_id: str = ""
     login_url: str = "https://login.salesforce.com"
+    # "jwt": OAuth 2.0 JWT bearer (client_id, username, private_key_file);
+    # "client_credentials": client_id and the secret salesforce.client_secret.
+    auth: Literal["jwt", "client_credentials"] = "jwt"
     client_id: str = ""
     username: str = ""
     private_key_file: str = ""
     api_version: str = "62.0"
     ca_bundle: str = ""
+    timeout_seconds: float = Field(30.0, gt=0, le=600)
+    # Pause writing once the org's daily API usage passes this share of its limit.
+    api_budget_share: float = Field(0.8, gt=0, le=1)
+    # Outbound message WSDLs ("Click for WSDL" on the message's Setup page); globs allowed.
+    outbound_wsdls: list[str] = Field(default_factory=lambda: ["config/*.wsdl"])
+    # Where a TLS-terminating proxy passes the client certificate's SHA-256 fingerprint, and the
+    # fingerprints accepted (hex, colons optional). Empty header: not checked.
+    client_cert_header: str = ""
+    client_cert_fingerprints: list[str] = Field(default_factory=list)
+    # How often the worker polls LoginHistory (0: never; `poll logins` still works).
+    poll_logins_interval_seconds: float = Field(300.0, ge=0)
+    events_tolerance_seconds: int = Field(300, ge=1, le=3600)
     # secrets (environment or files only)
     events_secret: list[str] = Field(default_factory=list)  # whsec_..., several during rotation
-    events_tolerance_seconds: int = Field(300, ge=1, le=3600)
+    outbound_token: str = ""  # the ?token= of the outbound message endpoint URL
+    client_secret: str = ""  # the connected app's secret, for client_credentials
 
     @field_validator("events_secret", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = v.strip()
-            if v.startswith("["):
-                return json.loads(v)
-            return [v] if v else []
-        return v
+        return _secret_list(v)
 
     @field_validator("events_secret")
     @classmethod
@@ -105,6 +121,200 @@ class SalesforceConfig(_Section):
             if not s.startswith("whsec_") or len(s) < 16:
                 raise ValueError("each secret must look like whsec_<base64>")
         return v
+
+    @field_validator("outbound_token")
+    @classmethod
+    def _long_enough(cls, v: str) -> str:
+        if v and len(v) < 24:
+            raise ValueError("must be at least 24 characters (generate one with `python -m plugin init`)")
+        return v
+
+
+class GovernedObject(_Section):
+    """A CRM object OnRecord governs, and the fields whose provenance it tracks."""
+
+    object: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
+    fields: list[str] = Field(min_length=1)
+    # Approval-governed objects: the field holding the approval status, its type, and the
+    # values that mean "approved". `provision` adds a validation rule that lets only OnRecord's
+    # integration user set one of them. Empty approval_field: not approval-governed.
+    approval_field: str = Field("", pattern=r"^([A-Za-z][A-Za-z0-9_]{0,79})?$")
+    approval_field_type: Literal["picklist", "text", "checkbox"] = "picklist"
+    approved_values: list[str] = Field(default_factory=list, validate_default=True)
+
+    @field_validator("approved_values")
+    @classmethod
+    def _approved_values(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        kind = info.data.get("approval_field_type", "picklist")
+        if info.data.get("approval_field") and kind != "checkbox" and not v:
+            raise ValueError("is required when approval_field is set (the values that mean approved)")
+        for value in v:
+            if not value or len(value) > 255 or any(c in value for c in '"\\\r\n'):
+                raise ValueError(f"{value!r} must be 1-255 characters without quotes, backslashes, newlines")
+        return v
+
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# A callback host pattern: a name, or "*." and a domain (any subdomain of it), optionally ":port".
+_HOST_PATTERN = re.compile(
+    r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d{1,5})?$"
+)
+# Where Power Automate and Logic Apps callback (trigger) URLs live: classic flows and Logic Apps
+# ("https://prod-NN.<region>.logic.azure.com:443/workflows/..."), and newer Power Automate
+# environments ("https://<env>.NN.environment.api.powerplatform.com:443/powerautomate/...").
+DEFAULT_CALLBACK_HOSTS = ("*.logic.azure.com", "*.environment.api.powerplatform.com")
+
+
+def _secret_list(v: Any) -> Any:
+    """A secret given as one string, or several (rotation) as a JSON list."""
+    if isinstance(v, str):
+        v = v.strip()
+        if v.startswith("["):
+            return json.loads(v)
+        return [v] if v else []
+    return v
+
+
+AuthMode = Literal["entra", "api_key"]
+AUTH_MODES: tuple[AuthMode, ...] = ("entra", "api_key")
+
+
+class PowerAutomateConfig(_Section):
+    # Which ways of authenticating the flows' HTTP actions are accepted on /hooks/power-automate/*.
+    # A mode counts only once configured; with none configured every request is refused (503).
+    auth_modes: list[AuthMode] = Field(default_factory=lambda: list(AUTH_MODES))
+    # Entra ID app-only tokens ("Active Directory OAuth" in the HTTP action). Set tenant_id to enable.
+    entra_tenant_id: str = ""
+    entra_audiences: list[str] = Field(default_factory=list, validate_default=True)
+    entra_allowed_client_ids: list[str] = Field(default_factory=list, validate_default=True)
+    entra_required_role: str = Field("", validate_default=True)
+    entra_jwks_url: str = ""  # default: the tenant's keys at login.microsoftonline.com
+    entra_leeway_seconds: int = Field(120, ge=0, le=600)
+    # secret (environment or files only): the X-OnRecord-Key value(s), several during rotation
+    api_key: list[str] = Field(default_factory=list)
+
+    @field_validator("entra_tenant_id")
+    @classmethod
+    def _tenant_guid(cls, v: str) -> str:
+        if v and not _GUID.match(v.strip()):
+            raise ValueError("must be the tenant's id (a GUID), not a domain or 'common'")
+        return v.strip().lower()
+
+    @field_validator("entra_audiences", "entra_required_role")
+    @classmethod
+    def _needed_with_tenant(cls, v: Any, info: ValidationInfo) -> Any:
+        if info.data.get("entra_tenant_id") and not v:
+            raise ValueError("is required when entra_tenant_id is set")
+        return v
+
+    @field_validator("entra_allowed_client_ids")
+    @classmethod
+    def _client_guids(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("entra_tenant_id") and not v:
+            raise ValueError("is required when entra_tenant_id is set (the flows' app ids; fail closed)")
+        for client in v:
+            if not _GUID.match(client.strip()):
+                raise ValueError(f"{client!r} is not a client (application) id GUID")
+        return [c.strip().lower() for c in v]
+
+    @field_validator("entra_jwks_url")
+    @classmethod
+    def _https_jwks(cls, v: str) -> str:
+        parts = urlsplit(v)
+        loopback = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if v and parts.scheme != "https" and not loopback:
+            raise ValueError("must be an https:// URL (http only on loopback)")
+        return v
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return _secret_list(v)
+
+    @field_validator("api_key")
+    @classmethod
+    def _long_enough(cls, v: list[str]) -> list[str]:
+        if any(len(k) < 20 for k in v):
+            raise ValueError("each key must be at least 20 characters")
+        return v
+
+
+class ApiConfig(_Section):
+    # The address Power Automate and Salesforce reach OnRecord at ("https://onrecord.contoso.com"),
+    # for Location headers and the OpenAPI documents. Empty: taken from each request.
+    public_url: str = ""
+    # Also accept Entra ID app-only tokens (power_automate.entra_*) on /api/*.
+    accept_entra: bool = True
+    entra_required_role: str = ""  # empty: power_automate.entra_required_role
+    # Hosts subscription callbacks may point at: names, "*.domain", optionally ":port" (else 443).
+    callback_hosts: list[str] = Field(default_factory=lambda: list(DEFAULT_CALLBACK_HOSTS))
+    # Deliver to callbacks whose address is private, loopback, link-local... (tests only).
+    callback_allow_private_addresses: bool = False
+    callback_ca_bundle: str = ""  # CA bundle to trust for callbacks instead of the system's
+    callback_timeout_seconds: float = Field(10.0, gt=0, le=60)
+    # secrets (environment or files only)
+    tokens: list[str] = Field(default_factory=list)  # bearer tokens for /api/*, as a JSON list
+    callback_key: list[str] = Field(default_factory=list)  # Fernet key(s): the first encrypts
+
+    @field_validator("public_url")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if v and not v.startswith(("https://", "http://")):
+            raise ValueError("must be an absolute http(s) URL")
+        return v.rstrip("/")
+
+    @field_validator("callback_hosts")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for host in v:
+            if not _HOST_PATTERN.match(host.lower()):
+                raise ValueError(f"{host!r} is not a host name or *.domain (optionally :port)")
+        return [h.lower() for h in v]
+
+    @field_validator("tokens", "callback_key", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return _secret_list(v)
+
+    @field_validator("tokens")
+    @classmethod
+    def _long_enough(cls, v: list[str]) -> list[str]:
+        if any(len(t) < 20 for t in v):
+            raise ValueError("each token must be at least 20 characters")
+        return v
+
+    @field_validator("callback_key")
+    @classmethod
+    def _fernet(cls, v: list[str]) -> list[str]:
+        for key in v:
+            try:
+                valid = len(base64.urlsafe_b64decode(key.encode("ascii"))) == 32
+            except (ValueError, UnicodeEncodeError):
+                valid = False
+            if not valid:
+                raise ValueError("each key must be a Fernet key (32 bytes, url-safe base64)")
+        return v
+
+
+class ProvenanceConfig(_Section):
+    # Where the Ed25519 signing keys live (keys.json and the active key's PEM, mode 0600);
+    # empty: <var_dir>/keys.
+    key_dir: str = ""
+    # The log's origin line in checkpoints and the key name of their signed notes: a schema-less URL.
+    log_origin: str = Field("onrecord.local/provenance", pattern=r"^[^\s+]{1,200}$")
+    # CRM users whose changes are channel "API" (integrations) and "Import" (bulk loads).
+    api_user_ids: list[str] = Field(default_factory=list)
+    import_user_ids: list[str] = Field(default_factory=list)
+    # A change correlates with a form response or flow run at most this long after it.
+    form_window_seconds: int = Field(600, ge=1, le=86400)
+    # The fields written on each governed record.
+    channel_field: str = Field("OnRecord_Channel__c", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
+    source_field: str = Field("OnRecord_Source__c", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
+    recorded_at_field: str = Field("OnRecord_Recorded_At__c", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
+    digest_field: str = Field("OnRecord_Digest__c", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
+    signature_field: str = Field("OnRecord_Signature__c", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
+    # secret (environment or files only, optional): encrypts the private key file
+    key_passphrase: str = ""
 
 
 class LoggingConfig(_Section):
@@ -119,17 +329,34 @@ class Config(BaseModel):
 
     var_dir: str = "var"
     secrets_dir: str = "var/secrets"
+    # [[governed]] tables; environment: ONRECORD_GOVERNED='[{"object": "Opportunity", "fields": [...]}]'
+    governed: list[GovernedObject] = Field(default_factory=list)
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
     worker: WorkerConfig = WorkerConfig()
     dispatch: DispatchConfig = DispatchConfig()
     crm: CrmConfig = CrmConfig()
     salesforce: SalesforceConfig = SalesforceConfig()
+    power_automate: PowerAutomateConfig = PowerAutomateConfig()
+    api: ApiConfig = ApiConfig()
+    provenance: ProvenanceConfig = ProvenanceConfig()
     logging: LoggingConfig = LoggingConfig()
 
 
 # section.key names whose values are secrets.
-SECRET_KEYS: frozenset[tuple[str, str]] = frozenset({("salesforce", "events_secret")})
+SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("salesforce", "events_secret"),
+        ("salesforce", "outbound_token"),
+        ("salesforce", "client_secret"),
+        ("power_automate", "api_key"),
+        ("api", "tokens"),
+        ("api", "callback_key"),
+        ("provenance", "key_passphrase"),
+    }
+)
+# Secrets that may stay unset (init generates none for them).
+OPTIONAL_SECRETS: frozenset[tuple[str, str]] = frozenset({("provenance", "key_passphrase")})
 
 
 def load_config(

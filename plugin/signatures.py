@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 _PREFIX = "whsec_"
+HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 _MAX_HEADER = 4096
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -230,28 +232,49 @@ def begin_write(engine: Engine) -> Iterator[sa.Connection]:
     SQLite's own busy handler would have it sleep for up to 100 ms between polls. That is
     what keeps p99 low when two gunicorn workers and the rules worker all write.
     """
-    lock_path = _sqlite_lock_path(engine)
-    if lock_path is None:
-        with engine.execution_options(write=True).begin() as conn:
+    writing = _write_engines.get(engine)
+    if writing is None:
+        writing = _write_engines[engine] = engine.execution_options(write=True)
+    path = sqlite_path(engine)
+    if path is None:
+        with writing.begin() as conn:
             yield conn
         return
+    with sqlite_write_lock(path), writing.begin() as conn:
+        yield conn
+
+
+_write_engines: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def sqlite_write_lock(database: str) -> Iterator[None]:
+    """The cross-process queue every SQLite writer of this database waits in."""
     # A new open file description per transaction, so threads of one process exclude each other too.
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(database + "-writelock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        with engine.execution_options(write=True).begin() as conn:
-            yield conn
+        yield
     finally:
         os.close(fd)  # releases the lock
 
 
-def _sqlite_lock_path(engine: Engine) -> str | None:
+def sqlite_path(engine: Engine) -> str | None:
+    """The database file of a SQLite engine (None for PostgreSQL or in-memory)."""
     if engine.dialect.name != "sqlite":
         return None
     database = engine.url.database
     if not database or database == ":memory:":
         return None
-    return database + "-writelock"
+    return database
+
+
+def sqlite_connect(database: str) -> sqlite3.Connection:
+    """A raw connection with the same durability settings as the engine's."""
+    conn = sqlite3.connect(database, timeout=30, isolation_level=None, check_same_thread=False)
+    _sqlite_on_connect(conn, None)
+    return conn
+
 
 # Power Automate webhook-trigger subscriptions (POST /api/subscriptions). The callback URL carries
 # the flow's signature, so it is kept only encrypted (Fernet, key api.callback_key).
@@ -279,4 +302,36 @@ subscription_deliveries = sa.Table(
     ),
     sa.Column("status", sa.String(16), nullable=False),  # delivered | failed
     sa.Column("at", UtcDateTime(), nullable=False),
+)
+
+# Provenance: every signed statement (a record's change, or a leader's citation), as its DSSE
+# envelope in RFC 8785 JSON exactly as logged, with its place in the append-only log
+# (RFC 6962 leaf index and leaf hash; null until the log sequencer takes it in).
+provenance_statements = sa.Table(
+    "provenance_statements",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # record | citation
+    sa.Column("object", sa.String(120), nullable=False),
+    sa.Column("record_id", sa.String(120), nullable=False),
+    sa.Column("sequence", sa.Integer),  # position in the record's chain (records only)
+    sa.Column("digest", sa.String(64), nullable=False),  # sha256 of the statement payload
+    sa.Column("envelope", sa.Text, nullable=False),
+    sa.Column("recorded_at", UtcDateTime(), nullable=False),
+    sa.Column("log_index", sa.BigInteger),
+    sa.Column("leaf_hash", sa.String(64)),
+    sa.UniqueConstraint("digest", name="uq_provenance_digest"),
+    sa.UniqueConstraint("log_index", name="uq_provenance_log_index"),
+    sa.UniqueConstraint("kind", "object", "record_id", "sequence", name="uq_provenance_chain"),
+)
+sa.Index("ix_provenance_record", provenance_statements.c.object, provenance_statements.c.record_id)
+
+# The log's signed checkpoints (c2sp.org/tlog-checkpoint as a signed note), one per tree size.
+provenance_checkpoints = sa.Table(
+    "provenance_checkpoints",
+    metadata,
+    sa.Column("tree_size", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("root_hash", sa.String(64), nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
 )

@@ -77,6 +77,7 @@ def make_config(db_url: str, tmp_path: Path, **overrides: Any) -> Config:
         "secrets_dir": str(tmp_path / "var" / "secrets"),
         "salesforce.events_secret": [TEST_SECRET],
         "worker.rules": ["tests.support.rules:counting_rules"],
+        "governed": [{"object": "Opportunity", "fields": ["Amount", "StageName", "CloseDate"]}],
     }
     values.update(overrides)
     return load_config(path=None, env={}, overrides=values)

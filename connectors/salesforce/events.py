@@ -35,9 +35,10 @@ def authenticate(incoming: Incoming) -> str:
     if not cfg.events_secret:
         raise Rejected(503, "not_configured", "no signing secret configured for this source")
     try:
+        headers = incoming.request.headers
         verified = signatures.verify(
             cfg.events_secret,
-            dict(incoming.request.headers),
+            {name: headers.get(name, "") for name in signatures.HEADERS},
             incoming.body,
             tolerance_seconds=cfg.events_tolerance_seconds,
         )
@@ -65,6 +66,7 @@ def parse(incoming: Incoming, sender: str) -> Parsed:
     rt = runtime()
     org_id = rt.config.salesforce.org_id
     own_user = rt.config.salesforce.integration_user_id
+    governed = {g.object for g in rt.config.governed}
     events: list[Event] = []
     ignored: dict[str, int] = {}
     for position, (item, delivery_id) in enumerate(zip(items, delivery_ids, strict=True)):
@@ -74,6 +76,8 @@ def parse(incoming: Incoming, sender: str) -> Parsed:
             raise Rejected(403, "wrong_org", f"{where}.org_id is not the configured organisation")
         if event.kind not in HANDLED_TYPES:
             ignored["unhandled_type"] = ignored.get("unhandled_type", 0) + 1
+        elif event.object not in governed:
+            ignored["not_governed"] = ignored.get("not_governed", 0) + 1
         elif own_user and event.actor and same_id(event.actor, own_user):
             ignored["own_change"] = ignored.get("own_change", 0) + 1  # never loop on our own writes
         else:

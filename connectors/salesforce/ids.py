@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 _ID = re.compile(r"^[A-Za-z0-9]{15}([A-Za-z0-5]{3})?$")
-_SUFFIX_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+# The case-safe suffix: per 5-character chunk, bit i set where character i is upper case.
+SUFFIX_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
 
 
 def is_salesforce_id(value: str) -> bool:
@@ -32,5 +33,5 @@ def _suffix(id15: str) -> str:
     out = []
     for chunk in (id15[0:5], id15[5:10], id15[10:15]):
         mask = sum(1 << i for i, ch in enumerate(chunk) if "A" <= ch <= "Z")
-        out.append(_SUFFIX_ALPHABET[mask])
+        out.append(SUFFIX_ALPHABET[mask])
     return "".join(out)

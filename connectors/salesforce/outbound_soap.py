@@ -9,6 +9,8 @@ from typing import Any
 
 from lxml import etree
 
+from connectors.salesforce import ids
+
 SOAP11_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 
@@ -144,29 +146,16 @@ def fault_response(reason: str, message: str, *, server: bool | None = None) -> 
     return result
 
 
-# --- organization ids ---
+# --- organization ids (the checksum itself lives in connectors/salesforce/ids.py) ---
 
 _ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
-_SUFFIX_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
-
-
-def _suffix(id15: str) -> str:
-    """Salesforce's case-safe suffix: per 5-character chunk, a bit per upper-case letter."""
-    chars = []
-    for start in (0, 5, 10):
-        bits = 0
-        for position, char in enumerate(id15[start : start + 5]):
-            if "A" <= char <= "Z":
-                bits |= 1 << position
-        chars.append(_SUFFIX_CHARS[bits])
-    return "".join(chars)
 
 
 def _restore_case(prefix: str, suffix: str) -> str:
     """The 15 characters' case as the suffix records it (for an id a system lower-cased)."""
     chars = []
     for chunk, flag in enumerate(suffix):
-        bits = _SUFFIX_CHARS.find(flag)
+        bits = ids.SUFFIX_ALPHABET.find(flag)
         if bits < 0:
             raise ValueError("not a Salesforce id suffix")
         for position in range(5):
@@ -187,10 +176,10 @@ def normalise_org_id(org_id: str) -> str:
     prefix = org_id[:15]
     if len(org_id) == 18:
         suffix = org_id[15:].upper()
-        if _suffix(prefix) != suffix:
+        if not ids.is_salesforce_id(prefix + suffix):
             if prefix not in (prefix.lower(), prefix.upper()):
                 raise ValueError("the 18-character id's suffix does not match its first 15 characters")
             prefix = _restore_case(prefix, suffix)
     if not prefix.startswith("00D"):
         raise ValueError("not an organization id (key prefix 00D)")
-    return prefix + _suffix(prefix)
+    return ids.to_18(prefix)

@@ -19,6 +19,7 @@ import contextlib
 import datetime as dt
 import decimal
 import enum
+import io
 import json
 import re
 import threading
@@ -238,6 +239,25 @@ class SalesforceWriter:
     def _query_more(self, url: str) -> Callable[[Salesforce], Any]:
         timeout = self._settings.timeout
         return lambda sf: sf.query_more(url, identifier_is_url=True, timeout=timeout)
+
+    def deploy(self, package_zip: bytes, *, sandbox: bool, check_only: bool = False) -> str:
+        """Start a Metadata API deploy of a zipped package (package.xml at its root); its id."""
+        # Lower-case strings: simple-salesforce writes the options into its SOAP body as given.
+        flag = "true" if check_only else "false"
+
+        def start(sf: Salesforce) -> Any:
+            return sf.deploy(io.BytesIO(package_zip), sandbox=sandbox, checkOnly=flag)
+
+        result = self._call(start, "metadata deploy")
+        async_id = result.get("asyncId") if isinstance(result, dict) else None
+        if not async_id:
+            raise CrmError("Salesforce metadata deploy: the answer carries no deployment id", retryable=False)
+        return str(async_id)
+
+    def deploy_status(self, async_id: str) -> dict[str, Any]:
+        """checkDeployStatus, as simple-salesforce reads it: state, state_detail, deployment_detail."""
+        status = self._call(lambda sf: sf.checkDeployStatus(async_id), "metadata deploy status")
+        return dict(status)
 
     def api_usage(self) -> tuple[int, int] | None:
         """(used, limit) of the org's daily API requests, as last reported by Salesforce."""

@@ -7,10 +7,12 @@ import base64
 import os
 import secrets
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 from plugin import migrate
-from plugin.config import SECRET_KEYS, Config, env_name
+from plugin.config import OPTIONAL_SECRETS, SECRET_KEYS, Config, env_name
+from plugin.provenance.rule import key_store
 from plugin.storage import get_engine
 
 EXAMPLE = Path("config/onrecord.example.toml")
@@ -27,8 +29,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         shutil.copyfile(EXAMPLE, CONFIG)
         print(f"wrote {CONFIG} from {EXAMPLE}; edit it to configure OnRecord")
     for section, key in sorted(SECRET_KEYS):
-        if getattr(getattr(config, section), key):
-            continue  # configured from the environment or an existing file
+        if getattr(getattr(config, section), key) or (section, key) in OPTIONAL_SECRETS:
+            continue  # configured from the environment or an existing file, or not needed
         path = secrets_dir / f"{section}.{key}"
         value = generate_secret(section, key)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -39,6 +41,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
             f"  It is shown once: {value}\n"
             f"  In production set {env_name(section, key)} or {env_name(section, key)}_FILE instead."
         )
+    store = key_store(config)
+    if not store.exists():
+        kid = store.create(datetime.now(UTC))
+        print(f"generated the provenance signing key {kid} in {store.directory} (private part mode 0600)")
     engine = get_engine(config.storage.url)
     migrate.upgrade(engine)
     print(
@@ -52,4 +58,6 @@ def generate_secret(section: str, key: str) -> str:
     """A fresh secret of the form the key expects."""
     if key == "events_secret":
         return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    if (section, key) == ("api", "callback_key"):
+        return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()  # a Fernet key
     return secrets.token_urlsafe(32)

@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from plugin.config import Config
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    """Serve until stopped; the worker child stops with us."""
+    """Serve until stopped; the children (inbox writer, rules worker) stop with us."""
     # Before anything imports prometheus_client: every process writes its counters here.
     metrics_dir = Path(config.var_dir, "metrics")
     shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -24,25 +26,117 @@ def run(args: argparse.Namespace, config: Config) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
 
     from plugin import logs, migrate
-    from plugin.storage import dispose_engines, get_engine
+    from plugin.storage import dispose_engines, get_engine, sqlite_path
 
     logs.configure(config)
-    migrate.upgrade(get_engine(config.storage.url))
+    engine = get_engine(config.storage.url)
+    migrate.upgrade(engine)
+    database = sqlite_path(engine)
     dispose_engines()  # no pooled connection may cross the fork into gunicorn's workers
-    worker = None
+    me = str(os.getpid())
+    children = Children()
+    if database:
+        run_dir = Path(config.var_dir, "run")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(run_dir, 0o700)
+        socket_path = str((run_dir / f"inbox-{me}.sock").resolve())
+        children.start("inbox writer", ["inbox-writer", "--socket", socket_path, "--parent-pid", me])
+        _wait_for(Path(socket_path), children)
+        os.environ["ONRECORD_INBOX_SOCKET"] = socket_path  # gunicorn's workers inherit it
     if config.server.run_worker and not args.no_worker:
-        cmd = [sys.executable, "-m", "plugin", "worker", "--parent-pid", str(os.getpid())]
-        worker = subprocess.Popen(cmd)  # inherits the environment, so the same configuration
+        children.start("rules worker", ["worker", "--parent-pid", me])
+    children.supervise()
     try:
         GunicornApp(config).run()
     finally:
-        if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        children.stop()
     return 0
+
+
+def run_inbox_writer(args: argparse.Namespace, config: Config) -> int:
+    """The hidden `inbox-writer` command `serve` starts for a SQLite database."""
+    import signal
+    import threading
+
+    from plugin import logs
+    from plugin.inbox_writer import InboxWriter
+    from plugin.storage import get_engine, sqlite_path
+
+    logs.configure(config)
+    database = sqlite_path(get_engine(config.storage.url))
+    if database is None:
+        print("the inbox writer serves SQLite databases only", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    InboxWriter(database, args.socket, parent_pid=args.parent_pid).serve(stop)
+    return 0
+
+
+class Children:
+    """`serve`'s helper processes, restarted if one dies while we run."""
+
+    def __init__(self) -> None:
+        self._procs: dict[str, tuple[list[str], subprocess.Popen[bytes]]] = {}
+        self._stopping = threading.Event()
+
+    def start(self, name: str, args: list[str]) -> None:
+        # Inherits the environment, so the same configuration.
+        self._procs[name] = (args, subprocess.Popen([sys.executable, "-m", "plugin", *args]))
+
+    def alive(self, name: str) -> bool:
+        return self._procs[name][1].poll() is None
+
+    def supervise(self) -> None:
+        """Restart a child that died, backing off if it keeps dying.
+
+        Its exit status is not to be trusted: gunicorn's arbiter reaps every child of this
+        process, so Popen sees a 0 even for a SIGKILL. A child restarted while serve itself is
+        stopping is harmless: stop() terminates it, and it exits when this process is gone.
+        """
+
+        def watch() -> None:
+            delay = {name: 0.5 for name in self._procs}
+            while not self._stopping.wait(0.5):
+                for name, (args, proc) in list(self._procs.items()):
+                    if proc.poll() is None or self._stopping.is_set():
+                        continue
+                    print(f"onrecord: {name} exited; restarting", file=sys.stderr)
+                    self._stopping.wait(delay[name])
+                    delay[name] = min(delay[name] * 2, 30.0)
+                    if not self._stopping.is_set():
+                        self.start(name, args)
+
+        threading.Thread(target=watch, name="children", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for _, proc in self._procs.values():
+            proc.terminate()
+        for _, proc in self._procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _wait_for(path: Path, children: Children, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if not children.alive("inbox writer") or time.monotonic() > deadline:
+            children.stop()
+            raise SystemExit("onrecord: the inbox writer did not start")
+        time.sleep(0.02)
+
+
+# Hand the GIL over every 0.5 ms instead of 5 ms: a request thread woken by its commit, or the
+# committer woken by the write lock, otherwise waits up to 5 ms behind busy request threads.
+SWITCH_INTERVAL_SECONDS = 0.0005
+
+
+def _post_worker_init(worker: Any) -> None:
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
 
 
 def _child_exit(server: Any, worker: Any) -> None:
@@ -69,6 +163,7 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
             "graceful_timeout": 30,
             "keepalive": 5,
             "child_exit": _child_exit,
+            "post_worker_init": _post_worker_init,
             "accesslog": None,
             "proc_name": "onrecord",
             # One shared control socket per user would clash between instances; nothing uses it.

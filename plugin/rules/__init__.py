@@ -46,7 +46,12 @@ class DictState:
 
 def builtin_rules(config: Config) -> list[Rule]:
     """The rules OnRecord ships; connectors and later features add theirs here."""
-    return []
+    rules: list[Rule] = []
+    if config.governed:
+        from plugin.provenance.rule import provenance_rule_for
+
+        rules.append(provenance_rule_for(config))
+    return rules
 
 
 def load_rules(config: Config) -> list[Rule]:

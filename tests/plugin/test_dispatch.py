@@ -231,7 +231,9 @@ def test_a_dispatcher_that_lost_its_lease_mid_pass_stops_sending(engine: sa.Engi
     class SlowWriter(ScriptedWriter):
         def write_batch(self, batch: WriteBatch) -> list[RecordResult]:
             # While this call runs, another worker takes the lease over (ours expired).
-            Dispatcher(engine, ScriptedWriter(), owner="usurper").run_once(datetime.now(UTC) + timedelta(hours=1))
+            Dispatcher(engine, ScriptedWriter(), owner="usurper").run_once(
+                datetime.now(UTC) + timedelta(hours=1)
+            )
             return super().write_batch(batch)
 
     slow = SlowWriter()

@@ -3,6 +3,7 @@
     GET  /__emulator/calls                      -> [{"method","path","status","records","counted"}]
     GET  /__emulator/records/<Object>           -> [record, ...]
     GET  /__emulator/usage                      -> {"used": N, "limit": M}
+    GET  /__emulator/deployments                -> [{"id", "status", "check_only", "files": [...]}]
     POST /__emulator/reset
     POST /__emulator/consumers     {"client_id", "certificate_pem"?, "client_secret"?, "run_as"?,
                                     "approved_users"?}
@@ -14,6 +15,7 @@
         {"reject_records": {"object", "keys": [...], "message", "status_code"?, "fields"?}}
         {"fail_next": {"count": N, "status": 503}}
         {"slow_down": {"seconds": S, "count": N}}
+        {"fail_next_deploy": {"file": "objects/Opportunity.object", "problem": "..."}}
         {"clear": true}
 
 No authentication: the emulator listens on 127.0.0.1 only and exists for tests.
@@ -47,6 +49,13 @@ def handle(emu: SalesforceEmulator, request: Request) -> Response:
         if request.method == "GET" and path == "usage":
             used, limit = emu.api_usage
             return _json({"used": used, "limit": limit})
+        if request.method == "GET" and path == "deployments":
+            return _json(
+                [
+                    {"id": d.id, "status": d.status, "check_only": d.check_only, "files": sorted(d.files)}
+                    for d in emu.deployments
+                ]
+            )
         if request.method == "POST" and path == "reset":
             emu.reset()
             return _json({"ok": True})
@@ -93,5 +102,7 @@ def _faults(emu: SalesforceEmulator, body: dict[str, Any]) -> None:
         emu.fail_next(
             int(body["fail_next"].get("count", 1)), status=int(body["fail_next"].get("status", 503))
         )
+    if "fail_next_deploy" in body:
+        emu.fail_next_deploy(body["fail_next_deploy"]["file"], body["fail_next_deploy"]["problem"])
     if "slow_down" in body:
         emu.slow_down(float(body["slow_down"]["seconds"]), body["slow_down"].get("count"))

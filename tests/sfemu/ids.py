@@ -27,6 +27,7 @@ KEY_PREFIXES = {
     "Case": "500",
     "Campaign": "701",
     "Contract": "800",
+    "DeployRequest": "0Af",
 }
 
 

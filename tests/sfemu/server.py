@@ -1,14 +1,15 @@
 """SalesforceEmulator: a real HTTPS server on 127.0.0.1 that speaks enough Salesforce for
 simple-salesforce and plain requests: OAuth token endpoint, REST sObjects, sObject Collections,
-SOQL query/queryMore, limits, the Sforce-Limit-Info header, and Salesforce's error shapes.
+SOQL query/queryMore, limits, the Sforce-Limit-Info header, Salesforce's error shapes, and the
+Metadata API's deploy/checkDeployStatus (SOAP, see metadata.py).
 
     with SalesforceEmulator() as sf:
         sf.register_consumer("3MVG9...", certificate_pem=cert, approved_users=[sf.username])
         requests.post(f"{sf.base_url}/services/oauth2/token", ..., verify=sf.ca_path)
 
 Faults (thread-safe): expire_sessions, set_api_usage, lock_rows, reject_records, fail_next,
-slow_down. Inspection: calls, records(), record(), reset(). The same over HTTP under
-/__emulator/ (see control.py) for tests that drive a subprocess.
+slow_down, fail_next_deploy. Inspection: calls, records(), record(), deployments, reset().
+The same over HTTP under /__emulator/ (see control.py) for tests that drive a subprocess.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ from werkzeug.wrappers import Request, Response
 
 from tests.sfemu import control, oauth
 from tests.sfemu.ids import is_valid_id, to18
+from tests.sfemu.metadata import Deployment, Metadata, fault
 from tests.sfemu.rest import Rest, RestError, json_response
 from tests.sfemu.state import Call, Consumer, OrgState, RecordFault, sf_datetime
 from tests.sfemu.tls import make_ca, make_server_cert
 
 _DATA_RE = re.compile(r"^/services/data/v(\d+\.\d)(?:/(.*))?$")
+_METADATA_RE = re.compile(r"^/services/Soap/m/(\d+\.\d)/deployRequest(?:/[A-Za-z0-9]+)?$")
 _FAILURES = {
     500: (
         "UNKNOWN_EXCEPTION",
@@ -103,6 +106,9 @@ class SalesforceEmulator:
         self._thread: threading.Thread | None = None
         self._tmp: Path | None = None
         self._stopping = threading.Event()
+        self.deploy_polls = 1  # checkDeployStatus answers InProgress this many times first
+        self._deployments: dict[str, Deployment] = {}
+        self._deploy_failures: list[tuple[str, str]] = []
         self.errors: list[str] = []  # tracebacks of unexpected exceptions (a test should find none)
         self.port = 0
 
@@ -324,9 +330,16 @@ class SalesforceEmulator:
             self._state.faults.delay_seconds = seconds
             self._state.faults.delay_count = count
 
+    def fail_next_deploy(self, file_name: str, problem: str) -> None:
+        """The next deploy fails on this file of the package (e.g. "objects/Opportunity.object")
+        with this problem, as a componentFailure; the deploy then changes nothing."""
+        with self._state.lock:
+            self._deploy_failures.append((file_name, problem))
+
     def clear_faults(self) -> None:
         with self._state.lock:
             self._state.faults = type(self._state.faults)()
+            self._deploy_failures.clear()
 
     # --- inspection ----------------------------------------------------------------------------
 
@@ -347,6 +360,12 @@ class SalesforceEmulator:
         found = self._state.find(odef, record_id) if odef else None
         return dict(found) if found else None
 
+    @property
+    def deployments(self) -> list[Deployment]:
+        """Every deploy() received, oldest first, with the zip and the options it carried."""
+        with self._state.lock:
+            return list(self._deployments.values())
+
     def reset(self) -> None:
         """Forget records, calls, faults and sessions; restore the initial API usage.
         The org id, users (with their ids) and connected apps stay."""
@@ -357,6 +376,8 @@ class SalesforceEmulator:
             state.users, state.consumers = dict(old.users), dict(old.consumers)
             state.records["User"] = {uid: dict(old.records["User"][uid]) for uid in old.users.values()}
             self._state = state
+            self._deployments.clear()
+            self._deploy_failures.clear()
 
     # --- HTTP ----------------------------------------------------------------------------------
 
@@ -392,6 +413,10 @@ class SalesforceEmulator:
             return json_response(
                 [{"label": f"v{v}", "url": f"/services/data/v{v}", "version": v} for v in versions]
             )
+        if _METADATA_RE.match(path) and request.method == "POST":
+            response = self._metadata(request)
+            state.log(Call(request.method, path, response.status_code, 0, True))
+            return response
         m = _DATA_RE.match(path)
         if m is None or not self.versions[0] <= float(m.group(1)) <= self.versions[1]:
             response = RestError(404, "NOT_FOUND", "The requested resource does not exist").response()
@@ -404,6 +429,22 @@ class SalesforceEmulator:
             response.headers["Sforce-Limit-Info"] = f"api-usage={state.api_used}/{state.api_limit}"
         state.log(Call(request.method, path, response.status_code, records, counted))
         return response
+
+    def _metadata(self, request: Request) -> Response:
+        """A Metadata API SOAP call: the session comes in the SOAP header, errors are SOAP faults."""
+        state = self._state
+        match = re.search(rb"<(?:\w+:)?sessionId>([^<]+)</(?:\w+:)?sessionId>", request.get_data())
+        with state.lock:
+            session = state.sessions.get(match.group(1).decode().strip()) if match else None
+            if session is None:
+                return fault(
+                    "INVALID_SESSION_ID", "Invalid Session ID found in SessionHeader: Illegal Session"
+                )
+            if state.api_used >= state.api_limit:
+                return fault("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+            state.api_used += 1
+            metadata = Metadata(state, self._deployments, polls=self.deploy_polls)
+            return metadata.handle(request, session.user_id, self._deploy_failures)
 
     def _rest(self, request: Request, version: str, rest_path: str) -> tuple[Response, int, bool]:
         state = self._state

@@ -1,10 +1,10 @@
 """A real JWKS endpoint on 127.0.0.1 and a minter of Entra ID-shaped access tokens (and bad ones).
 
-    with JwksServer() as server:
-        key = RsaKey.generate("kid-1")
-        server.set_keys([key])
-        tokens = TokenFactory(key, tenant_id=TENANT, audience=AUDIENCE, client_id=CLIENT, role="Events.Write")
-        header = "Bearer " + tokens.v2()
+with JwksServer() as server:
+    key = RsaKey.generate("kid-1")
+    server.set_keys([key])
+    tokens = TokenFactory(key, tenant_id=TENANT, audience=AUDIENCE, client_id=CLIENT, role="Events.Write")
+    header = "Bearer " + tokens.v2()
 """
 
 from __future__ import annotations
@@ -128,7 +128,9 @@ class JwksServer:
             self._status = status
 
     def start(self) -> JwksServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="jwks-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="jwks-server", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -41,6 +41,7 @@ def onrecord_env(db_url: str, var_dir: Path, secret: str, **extra: Any) -> dict[
             "ONRECORD_SECRETS_DIR": str(var_dir / "secrets"),
             "ONRECORD_SALESFORCE__EVENTS_SECRET": secret,
             "ONRECORD_WORKER__RULES": json.dumps(["tests.support.rules:counting_rules"]),
+            "ONRECORD_GOVERNED": json.dumps([{"object": "Opportunity", "fields": ["Amount", "StageName"]}]),
             "ONRECORD_WORKER__POLL_INTERVAL_SECONDS": "0.05",
             "ONRECORD_LOGGING__LEVEL": "WARNING",
             "PYTHONPATH": str(ROOT),
@@ -105,10 +106,10 @@ class Server(Process):
             if self.popen.poll() is not None:
                 raise RuntimeError(f"server exited:\n{self.output()}")
             try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if requests.get(self.url + "/healthz", timeout=5).status_code == 200:
                     return
-            except requests.ConnectionError:
-                pass
+            except requests.RequestException:
+                pass  # not listening yet, or busy starting
             time.sleep(0.1)
         raise RuntimeError(f"server did not start:\n{self.output()}")
 

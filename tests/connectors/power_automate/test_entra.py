@@ -103,9 +103,7 @@ def test_v2_token_accepted_after_real_http_fetch(
     assert server.paths == [f"/{TENANT}/discovery/v2.0/keys"]
 
 
-def test_v1_token_accepted_with_app_id_uri_audience(
-    verifier: EntraVerifier, keys: dict[str, RsaKey]
-) -> None:
+def test_v1_token_accepted_with_app_id_uri_audience(verifier: EntraVerifier, keys: dict[str, RsaKey]) -> None:
     caller = verifier.verify(bearer(factory(keys["current"], audience=API_URI).v1()))
     assert caller.app_id == FLOW_CLIENT_ID
     assert caller.token_version == "1.0"
@@ -122,9 +120,7 @@ def test_scheme_is_case_insensitive(verifier: EntraVerifier, tokens: TokenFactor
 
 
 def test_guid_case_is_normalised(server: JwksServer, tokens: TokenFactory) -> None:
-    settings = make_settings(
-        server, tenant_id=TENANT.upper(), allowed_client_ids=(FLOW_CLIENT_ID.upper(),)
-    )
+    settings = make_settings(server, tenant_id=TENANT.upper(), allowed_client_ids=(FLOW_CLIENT_ID.upper(),))
     assert EntraVerifier(settings).verify(bearer(tokens.v2())).tenant_id == TENANT
 
 
@@ -250,7 +246,9 @@ def test_delegated_user_token_rejected(verifier: EntraVerifier, tokens: TokenFac
 # -- algorithms and keys ------------------------------------------------------------------------
 
 
-def test_alg_none_rejected_before_key_use(verifier: EntraVerifier, server: JwksServer, tokens: TokenFactory) -> None:
+def test_alg_none_rejected_before_key_use(
+    verifier: EntraVerifier, server: JwksServer, tokens: TokenFactory
+) -> None:
     assert rejected(verifier, bearer(tokens.alg_none())) == "bad_algorithm"
     assert server.hits == 0
 
@@ -361,6 +359,7 @@ def test_jwks_without_usable_keys(server: JwksServer, tokens: TokenFactory, docu
     assert rejected(EntraVerifier(make_settings(server)), bearer(tokens.v2())) == "jwks_unavailable"
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 def test_weak_rsa_key_in_jwks_ignored(server: JwksServer, keys: dict[str, RsaKey]) -> None:
     weak = RsaKey.generate("kid-weak", bits=1024)
     server.set_keys([keys["current"], weak])
@@ -433,8 +432,9 @@ def test_payload_not_json_with_valid_signature_is_malformed(
 ) -> None:
     import jwt as pyjwt
 
-    token = pyjwt.api_jws.encode(b"not json", keys["current"].private_pem, algorithm="RS256",
-                                 headers={"kid": keys["current"].kid})
+    token = pyjwt.api_jws.encode(
+        b"not json", keys["current"].private_pem, algorithm="RS256", headers={"kid": keys["current"].kid}
+    )
     assert rejected(verifier, bearer(token)) == "malformed_token"
 
 

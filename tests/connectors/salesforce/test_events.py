@@ -221,3 +221,11 @@ def test_every_response_carries_a_request_id(client: FlaskClient) -> None:
     echoed = client.get("/healthz", headers={"X-Request-Id": "abc-123"})
     assert echoed.headers["X-Request-Id"] == "abc-123"
     assert json.loads(echoed.data) == {"status": "ok"}
+
+
+def test_objects_that_are_not_governed_are_acknowledged_and_ignored(
+    client: FlaskClient, config: Config
+) -> None:
+    resp = post(client, {"events": [change_event(1, object="Lead"), change_event(2)]})
+    assert resp.status_code == 200 and resp.json == {"stored": 1, "duplicates": 0, "ignored": 1}
+    assert [r.object for r in stored(config)] == ["Opportunity"]

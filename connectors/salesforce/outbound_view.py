@@ -1,0 +1,200 @@
+"""POST /hooks/salesforce/outbound?token=…: Salesforce outbound messages (SOAP 1.1).
+
+The sender is authenticated by the URL's token (constant time) and, where a TLS-terminating
+proxy passes it, the client certificate's fingerprint; the message's OrganizationId must then
+be the configured org (15- and 18-character forms alike). Each notification becomes a
+`record.changed` event whose delivery id is the notification Id, so a re-sent message is
+stored once. Salesforce counts only a `notificationsResponse` with Ack true as delivered: it
+is sent once the events are stored, and every refusal is a SOAP fault (never another body).
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import hmac
+import logging
+import re
+from pathlib import Path
+
+from flask import Blueprint, Response
+from flask.blueprints import BlueprintSetupState
+from werkzeug.exceptions import HTTPException
+
+from connectors.salesforce.ids import same_id
+from connectors.salesforce.outbound import (
+    SOURCE,
+    OutboundRejected,
+    OutboundWsdlError,
+    ack_response,
+    fault_response,
+    normalise_org_id,
+    parse_outbound,
+    preload_wsdls,
+    to_events,
+)
+from plugin import metrics
+from plugin.config import SalesforceConfig
+from plugin.events import Event
+from plugin.inbox import StoreResult
+from plugin.receive import Incoming, Parsed, Rejected, Source, receive
+from plugin.runtime import runtime
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("salesforce_outbound", __name__)
+
+CONTENT_TYPE = "text/xml; charset=utf-8"
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+@functools.lru_cache(maxsize=8)
+def wsdl_paths(patterns: tuple[str, ...]) -> tuple[Path, ...]:
+    """The configured WSDL files, globs expanded once per process. A plain path that does not
+    exist is kept, so that it fails loudly rather than silently leaving fields untyped."""
+    found: list[Path] = []
+    for pattern in patterns:
+        if any(c in pattern for c in "*?["):
+            found.extend(Path(p) for p in sorted(glob.glob(pattern)))
+        else:
+            found.append(Path(pattern))
+    return tuple(dict.fromkeys(found))
+
+
+def _preload(state: BlueprintSetupState) -> None:
+    """Load the WSDLs when the app is built (each gunicorn worker), not on the first message."""
+    rt = state.app.extensions.get("onrecord")
+    if rt is None:  # an app without OnRecord's runtime (a bare test app): nothing to load for
+        return
+    paths = wsdl_paths(tuple(rt.config.salesforce.outbound_wsdls))
+    try:
+        objects = preload_wsdls(paths)
+    except OutboundWsdlError as exc:  # messages get a server fault (Salesforce retries) until fixed
+        log.error("outbound message WSDL unusable", extra={"reason": "wsdl_error", "detail": str(exc)})
+        return
+    log.info("outbound message WSDLs loaded", extra={"objects": list(objects)})
+
+
+blueprint.record_once(_preload)
+
+
+def _configured_org(cfg: SalesforceConfig) -> str:
+    if not cfg.org_id:
+        raise Rejected(503, "not_configured", "salesforce.org_id is not configured; every message is refused")
+    try:
+        return normalise_org_id(cfg.org_id)
+    except ValueError as exc:
+        raise Rejected(503, "not_configured", f"salesforce.org_id is not an organization id: {exc}") from exc
+
+
+def _fingerprint(value: str) -> str:
+    text = value.strip().lower()
+    for prefix in ("sha256:", "sha256="):
+        text = text.removeprefix(prefix)
+    return text.replace(":", "").replace(" ", "")
+
+
+def _client_certificate(incoming: Incoming, cfg: SalesforceConfig) -> str:
+    """The presented certificate's fingerprint, if it is one of the accepted ones."""
+    accepted = [_fingerprint(f) for f in cfg.client_cert_fingerprints]
+    if not cfg.client_cert_header or not accepted:
+        raise Rejected(
+            503,
+            "not_configured",
+            "salesforce.client_cert_header and salesforce.client_cert_fingerprints go together",
+        )
+    presented = _fingerprint(incoming.request.headers.get(cfg.client_cert_header, ""))
+    if not presented:
+        raise Rejected(403, "no_client_cert", "no client certificate was presented")
+    if not _SHA256_HEX.match(presented):
+        raise Rejected(403, "bad_client_cert", "the client certificate fingerprint is not SHA-256 hex")
+    if not any(hmac.compare_digest(presented, fp) for fp in accepted):
+        raise Rejected(403, "bad_client_cert", "the client certificate is not an accepted one")
+    return presented
+
+
+def authenticate(incoming: Incoming) -> str:
+    """The URL token (and the client certificate, when configured); fails closed unconfigured."""
+    cfg = runtime().config.salesforce
+    if not cfg.outbound_token:
+        raise Rejected(503, "not_configured", "no outbound token configured; every message is refused")
+    _configured_org(cfg)
+    token = incoming.request.args.get("token", "")
+    if not token:
+        raise Rejected(401, "missing_token", "the URL carries no token")
+    if not hmac.compare_digest(token.encode(), cfg.outbound_token.encode()):
+        raise Rejected(401, "bad_token", "the URL's token is not the configured one")
+    if cfg.client_cert_header or cfg.client_cert_fingerprints:
+        return f"token+cert:sha256:{_client_certificate(incoming, cfg)[:16]}"
+    return "token"
+
+
+def parse(incoming: Incoming, sender: str) -> Parsed:
+    """Read the message (hardened), check its org, and keep what OnRecord governs."""
+    config = runtime().config
+    try:
+        msg = parse_outbound(
+            incoming.body,
+            wsdl_paths=wsdl_paths(tuple(config.salesforce.outbound_wsdls)),
+            max_bytes=config.server.max_body_bytes,
+        )
+    except OutboundRejected as exc:
+        raise Rejected(413 if exc.reason == "too_large" else 400, exc.reason, exc.message) from exc
+    except OutboundWsdlError as exc:
+        raise Rejected(500, "wsdl_error", str(exc)) from exc
+    if msg.organization_id != _configured_org(config.salesforce):
+        raise Rejected(403, "wrong_org", "OrganizationId is not the configured organization")
+    governed = {g.object for g in config.governed}
+    own_user = config.salesforce.integration_user_id
+    events: list[Event] = []
+    ignored: dict[str, int] = {}
+    for event in to_events(msg, raw_digest=incoming.digest, sender=f"{msg.organization_id} {sender}"):
+        if event.object not in governed:
+            ignored["not_governed"] = ignored.get("not_governed", 0) + 1
+        elif own_user and event.actor and same_id(event.actor, own_user):
+            ignored["own_change"] = ignored.get("own_change", 0) + 1  # never loop on our own writes
+        else:
+            events.append(event)
+    return Parsed(events=events, ignored=ignored)
+
+
+def acknowledge(result: StoreResult, parsed: Parsed) -> Response:
+    """`notificationsResponse` with Ack true: only once everything the message carried is stored."""
+    return Response(ack_response(), status=200, content_type=CONTENT_TYPE)
+
+
+def refuse(exc: Rejected) -> Response:
+    """A SOAP 1.1 fault, whatever went wrong. A failed store answers 500 (SOAP 1.1's status for
+    a fault, and the issue's contract); Salesforce retries anything that is not an Ack."""
+    status = 500 if exc.reason == "store_failed" else exc.status
+    body = fault_response(exc.reason, exc.message, server=status >= 500)
+    return Response(body, status=status, content_type=CONTENT_TYPE)
+
+
+SALESFORCE_OUTBOUND = Source(
+    name=SOURCE, authenticate=authenticate, parse=parse, acknowledge=acknowledge, refuse=refuse
+)
+
+
+@blueprint.post("/hooks/salesforce/outbound")
+def salesforce_outbound() -> Response:
+    """Receive one Salesforce outbound message."""
+    return receive(SALESFORCE_OUTBOUND)
+
+
+@blueprint.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    # Flask's own errors on this route (413 past MAX_CONTENT_LENGTH, ...) are SOAP faults too.
+    status = exc.code or 500
+    reason = "too_large" if status == 413 else re.sub(r"[^a-z0-9]+", "_", (exc.name or "error").lower())
+    metrics.REJECTED.labels(SOURCE, reason).inc()
+    return refuse(Rejected(status, reason, exc.description or exc.name or "refused"))
+
+
+@blueprint.errorhandler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    log.exception("outbound message failed", extra={"source": SOURCE, "reason": "internal_error"})
+    metrics.REJECTED.labels(SOURCE, "internal_error").inc()
+    return refuse(
+        Rejected(500, "internal_error", "OnRecord could not handle the message; it will be retried")
+    )

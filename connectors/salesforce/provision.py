@@ -1,0 +1,554 @@
+"""The Salesforce metadata OnRecord needs, as a Metadata API package (mdapi format), and its deploy.
+
+    package.xml
+    objects/<Governed>.object                    the OnRecord_* fields (+ the approval rule)
+    objects/OnRecord_Leader_Signal__c.object     per leader and period: counts, score, champion
+    objects/OnRecord_Violation__c.object         approvals given off-system, and what was done
+    permissionsets/OnRecord_Integration.permissionset   edit access for the integration user
+    permissionsets/OnRecord_Viewer.permissionset        read access for everyone else
+
+Element names and their order follow the Metadata API schema (CustomObject, CustomField,
+ValidationRule, PermissionSet, Package in http://soap.sforce.com/2006/04/metadata); a governed
+standard or custom object is extended field by field (package.xml lists CustomField and
+ValidationRule members), the two new objects are whole CustomObjects. The zip has package.xml
+at its root, as simple-salesforce's deploy (singlePackage) sends it.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from lxml import etree
+
+from connectors.salesforce.auth import jwt_audience
+from connectors.salesforce.ids import is_salesforce_id, to_18
+from plugin.config import Config, GovernedObject
+
+NS = "http://soap.sforce.com/2006/04/metadata"
+LEADER_SIGNAL = "OnRecord_Leader_Signal__c"
+VIOLATION = "OnRecord_Violation__c"
+KEY_FIELD = "OnRecord_Key__c"
+APPROVAL_RULE = "OnRecord_Approval_Only_Through_OnRecord"
+INTEGRATION_PERMISSION_SET = "OnRecord_Integration"
+VIEWER_PERMISSION_SET = "OnRecord_Viewer"
+CHANNELS = ("Form", "Flow", "UI", "API", "Import", "Unknown")
+APPROVAL_STATES = ("Verified", "Pending", "Blocked")
+LONG_TEXT = 32768
+
+# The order of CustomField's elements in the Metadata API schema (fullName, from Metadata, first).
+_FIELD_ORDER = (
+    "fullName",
+    "caseSensitive",
+    "defaultValue",
+    "deleteConstraint",
+    "description",
+    "displayFormat",
+    "externalId",
+    "inlineHelpText",
+    "label",
+    "length",
+    "precision",
+    "referenceTo",
+    "relationshipLabel",
+    "relationshipName",
+    "required",
+    "scale",
+    "type",
+    "unique",
+    "valueSet",
+    "visibleLines",
+)
+
+
+class PackageError(ValueError):
+    """The configuration cannot make a package (names the key to fix)."""
+
+
+def _el(tag: str, text: str | None = None, *children: etree._Element) -> etree._Element:
+    element = etree.Element(f"{{{NS}}}{tag}", nsmap={None: NS})
+    if text is not None:
+        element.text = text
+    element.extend(children)
+    return element
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class FieldDef:
+    """One custom field: its API name and its CustomField properties."""
+
+    name: str
+    props: Mapping[str, Any]
+    picklist: Sequence[str] = ()
+
+    def element(self, tag: str = "fields") -> etree._Element:
+        values: dict[str, Any] = {"fullName": self.name, "required": False, **self.props}
+        if self.props.get("type") in ("Checkbox", "AutoNumber"):
+            values.pop("required")
+        if self.name == "Name":
+            values.pop("fullName")
+        unknown = set(values) - set(_FIELD_ORDER)
+        if unknown:
+            raise ValueError(f"no CustomField element(s) {sorted(unknown)}")
+        out = _el(tag)
+        for key in _FIELD_ORDER:
+            if key == "valueSet" and self.picklist:
+                out.append(_value_set(self.picklist))
+            elif key in values:
+                out.append(_el(key, _text(values[key])))
+        return out
+
+
+def _value_set(values: Sequence[str]) -> etree._Element:
+    definition = _el("valueSetDefinition", None, _el("sorted", "false"))
+    for value in values:
+        definition.append(
+            _el("value", None, _el("fullName", value), _el("default", "false"), _el("label", value))
+        )
+    return _el("valueSet", None, _el("restricted", "true"), definition)
+
+
+def _text_field(name: str, label: str, length: int, description: str, **more: Any) -> FieldDef:
+    return FieldDef(
+        name, {"description": description, "label": label, "length": length, "type": "Text", **more}
+    )
+
+
+def _long_text(name: str, label: str, description: str) -> FieldDef:
+    props = {"description": description, "label": label, "length": LONG_TEXT, "type": "LongTextArea"}
+    return FieldDef(name, {**props, "visibleLines": 3})
+
+
+def _number(name: str, label: str, description: str, precision: int = 9, scale: int = 0) -> FieldDef:
+    props = {"description": description, "label": label, "precision": precision, "scale": scale}
+    return FieldDef(name, {**props, "type": "Number"})
+
+
+def _user_lookup(name: str, label: str, description: str, relationship: str) -> FieldDef:
+    props = {"deleteConstraint": "SetNull", "description": description, "label": label}
+    props |= {"referenceTo": "User", "relationshipLabel": relationship.replace("_", " ")}
+    return FieldDef(name, {**props, "relationshipName": relationship, "type": "Lookup"})
+
+
+def _key_field(description: str) -> FieldDef:
+    return _text_field(
+        KEY_FIELD, "OnRecord Key", 100, description, caseSensitive=False, externalId=True, unique=True
+    )
+
+
+def governed_fields() -> list[FieldDef]:
+    """The provenance and approval fields OnRecord writes on each governed object."""
+    return [
+        FieldDef(
+            "OnRecord_Channel__c",
+            {
+                "description": "How the governed values were recorded.",
+                "label": "OnRecord Channel",
+                "type": "Picklist",
+            },
+            CHANNELS,
+        ),
+        _text_field(
+            "OnRecord_Source__c",
+            "OnRecord Source",
+            255,
+            "The form response or flow run the values came from.",
+        ),
+        FieldDef(
+            "OnRecord_Recorded_At__c",
+            {
+                "description": "When OnRecord recorded the values.",
+                "label": "OnRecord Recorded At",
+                "type": "DateTime",
+            },
+        ),
+        _text_field("OnRecord_Digest__c", "OnRecord Digest", 100, "SHA-256 digest of the recorded values."),
+        _long_text(
+            "OnRecord_Signature__c", "OnRecord Signature", "OnRecord's signature over the digest (Ed25519)."
+        ),
+        FieldDef(
+            "OnRecord_Approval__c",
+            {
+                "description": "Whether the approval went through the form.",
+                "label": "OnRecord Approval",
+                "type": "Picklist",
+            },
+            APPROVAL_STATES,
+        ),
+        _long_text(
+            "OnRecord_Approval_Note__c",
+            "OnRecord Approval Note",
+            "Why the approval is verified, pending or blocked.",
+        ),
+    ]
+
+
+def _custom_object(
+    label: str, plural: str, description: str, name_format: str, fields: list[FieldDef]
+) -> bytes:
+    obj = _el("CustomObject")
+    for tag, value in (
+        ("deploymentStatus", "Deployed"),
+        ("description", description),
+        ("enableActivities", False),
+        ("enableBulkApi", True),
+        ("enableFeeds", False),
+        ("enableHistory", False),
+        ("enableReports", True),
+        ("enableSearch", True),
+        ("enableSharing", True),
+        ("enableStreamingApi", True),
+    ):
+        obj.append(_el(tag, _text(value)))
+    obj.extend(f.element() for f in sorted(fields, key=lambda f: f.name))
+    obj.append(_el("label", label))
+    name_field = FieldDef(
+        "Name", {"displayFormat": name_format, "label": f"{label} Number", "type": "AutoNumber"}
+    )
+    obj.append(name_field.element("nameField"))
+    obj.append(_el("pluralLabel", plural))
+    obj.append(_el("sharingModel", "Read"))  # everyone reads; only OnRecord (edit access) writes
+    obj.append(_el("visibility", "Public"))
+    return _document(obj)
+
+
+def leader_signal_fields() -> list[FieldDef]:
+    """Per leader and period: one count per signal kind, the score, the champion flag, the key."""
+    counts = [
+        ("OnRecord_Logins__c", "Interactive Logins", "Interactive logins in the period."),
+        ("OnRecord_Form_Approvals__c", "Form Approvals", "Approvals given through the official form."),
+        ("OnRecord_Records_Touched__c", "Records Touched", "Governed records the leader changed."),
+        ("OnRecord_Trainings__c", "Trainings Attended", "Trainings attended in the period."),
+        ("OnRecord_Citations__c", "CRM Citations", "CRM figures cited in meetings."),
+        ("OnRecord_Off_System_Approvals__c", "Off-System Approvals", "Approvals attempted outside the form."),
+    ]
+    return [
+        _user_lookup(
+            "OnRecord_Leader__c", "Leader", "The leader these signals are about.", "OnRecord_Leader_Signals"
+        ),
+        _text_field("OnRecord_Period__c", "Period", 20, "The period, e.g. 2025-03 or 2025-W11."),
+        FieldDef(
+            "OnRecord_Period_Start__c",
+            {"description": "First day of the period.", "label": "Period Start", "type": "Date"},
+        ),
+        *(_number(name, label, description) for name, label, description in counts),
+        _number("OnRecord_Score__c", "Score", "The published buy-in score (0-100).", precision=5, scale=1),
+        FieldDef(
+            "OnRecord_Champion_Candidate__c",
+            {
+                "defaultValue": False,
+                "description": "A system champion candidate.",
+                "label": "Champion Candidate",
+                "type": "Checkbox",
+            },
+        ),
+        _key_field("Leader user id and period: OnRecord upserts by it."),
+    ]
+
+
+def violation_fields() -> list[FieldDef]:
+    """An approval given outside the form: which record, who, which rule, what was done, when."""
+    return [
+        _text_field("OnRecord_Object__c", "Object", 80, "API name of the record's object."),
+        _text_field("OnRecord_Record_Id__c", "Record Id", 18, "Id of the record the violation is about."),
+        _user_lookup("OnRecord_Actor__c", "Actor", "The user who gave the approval.", "OnRecord_Violations"),
+        _text_field("OnRecord_Rule__c", "Rule Broken", 255, "The rule the approval broke."),
+        _text_field("OnRecord_Action__c", "Action Taken", 255, "What OnRecord did (reverted, flagged, ...)."),
+        FieldDef(
+            "OnRecord_Occurred_At__c",
+            {"description": "When it happened.", "label": "Occurred At", "type": "DateTime"},
+        ),
+        _long_text("OnRecord_Detail__c", "Detail", "The evidence and the reason, in words."),
+        _key_field("Unique per violation: OnRecord upserts by it, so a retry never duplicates one."),
+    ]
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def approval_formula(governed: GovernedObject, integration_user_id: str) -> str:
+    """True (the save is refused) when someone other than the integration user sets an approved
+    status — on the configured field, or OnRecord's own OnRecord_Approval__c = Verified."""
+    f = governed.approval_field
+    if governed.approval_field_type == "checkbox":
+        approved = f
+    else:
+        tests = [
+            f"{f} = {_quote(v)}" if governed.approval_field_type == "text" else f"ISPICKVAL({f}, {_quote(v)})"
+            for v in governed.approved_values
+        ]
+        approved = tests[0] if len(tests) == 1 else f"OR({', '.join(tests)})"
+    return (
+        "AND(\n"
+        f"  CASESAFEID($User.Id) <> {_quote(to_18(integration_user_id))},\n"
+        "  OR(\n"
+        f"    AND(OR(ISNEW(), ISCHANGED({f})), {approved}),\n"
+        '    AND(OR(ISNEW(), ISCHANGED(OnRecord_Approval__c)), ISPICKVAL(OnRecord_Approval__c, "Verified"))\n'
+        "  )\n"
+        ")"
+    )
+
+
+def approval_rule(governed: GovernedObject, integration_user_id: str) -> etree._Element:
+    """The ValidationRule element (inside the object's file)."""
+    return _el(
+        "validationRules",
+        None,
+        _el("fullName", APPROVAL_RULE),
+        _el("active", "true"),
+        _el("description", "OnRecord: approvals count only through the official form and its approval flow."),
+        _el("errorConditionFormula", approval_formula(governed, integration_user_id)),
+        _el("errorDisplayField", governed.approval_field),
+        _el(
+            "errorMessage",
+            "Only OnRecord can set an approved status: submit the official form and its two-stage approval.",
+        ),
+    )
+
+
+def _permission_set(label: str, description: str, fields: list[str], objects: list[str], edit: bool) -> bytes:
+    ps = _el("PermissionSet", None, _el("description", description))
+    for name in sorted(fields):
+        ps.append(
+            _el(
+                "fieldPermissions",
+                None,
+                _el("editable", _text(edit)),
+                _el("field", name),
+                _el("readable", "true"),
+            )
+        )
+    ps.append(_el("hasActivationRequired", "false"))
+    ps.append(_el("label", label))
+    for obj in sorted(objects):
+        ps.append(
+            _el(
+                "objectPermissions",
+                None,
+                _el("allowCreate", _text(edit)),
+                _el("allowDelete", "false"),
+                _el("allowEdit", _text(edit)),
+                _el("allowRead", "true"),
+                _el("modifyAllRecords", "false"),
+                _el("object", obj),
+                _el("viewAllRecords", "false"),
+            )
+        )
+    return _document(ps)
+
+
+def _document(root: etree._Element) -> bytes:
+    etree.indent(root, space="    ")
+    body: bytes = etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+    return (
+        body.replace(b"<?xml version='1.0' encoding='UTF-8'?>", b'<?xml version="1.0" encoding="UTF-8"?>', 1)
+        + b"\n"
+    )
+
+
+def _package_xml(members: Mapping[str, Sequence[str]], api_version: str) -> bytes:
+    package = _el("Package")
+    for type_name in sorted(members):
+        types = _el("types")
+        types.extend(_el("members", m) for m in sorted(set(members[type_name])))
+        types.append(_el("name", type_name))
+        package.append(types)
+    package.append(_el("version", api_version))
+    return _document(package)
+
+
+def build_package(config: Config) -> dict[str, bytes]:
+    """Every file of the package, by its path inside the package."""
+    own_user = config.salesforce.integration_user_id
+    approval_governed = [g for g in config.governed if g.approval_field]
+    if approval_governed and not is_salesforce_id(own_user):
+        raise PackageError(
+            "salesforce.integration_user_id must be OnRecord's integration user id: the approval "
+            f"validation rule on {', '.join(g.object for g in approval_governed)} names it"
+        )
+    files: dict[str, bytes] = {}
+    members: dict[str, list[str]] = {
+        "CustomField": [],
+        "CustomObject": [],
+        "PermissionSet": [],
+        "ValidationRule": [],
+    }
+    all_fields: list[str] = []
+    for governed in config.governed:
+        if governed.object in (LEADER_SIGNAL, VIOLATION):
+            raise PackageError(f"governed: {governed.object} is OnRecord's own object, not one it governs")
+        obj = _el("CustomObject")
+        fields = governed_fields()
+        obj.extend(f.element() for f in fields)
+        if governed.approval_field:
+            obj.append(approval_rule(governed, own_user))
+            members["ValidationRule"].append(f"{governed.object}.{APPROVAL_RULE}")
+        files[f"objects/{governed.object}.object"] = _document(obj)
+        names = [f"{governed.object}.{f.name}" for f in fields]
+        members["CustomField"] += names
+        all_fields += names
+    for name, label, plural, description, name_format, fields in (
+        (
+            LEADER_SIGNAL,
+            "OnRecord Leader Signal",
+            "OnRecord Leader Signals",
+            "How much a leader used the system in a period, as OnRecord counted it.",
+            "LS-{000000}",
+            leader_signal_fields(),
+        ),
+        (
+            VIOLATION,
+            "OnRecord Violation",
+            "OnRecord Violations",
+            "An approval given outside the official form, and what OnRecord did about it.",
+            "V-{000000}",
+            violation_fields(),
+        ),
+    ):
+        files[f"objects/{name}.object"] = _custom_object(label, plural, description, name_format, fields)
+        members["CustomObject"].append(name)
+        names = [f"{name}.{f.name}" for f in fields]
+        members["CustomField"] += names
+        all_fields += names
+    own_objects = [LEADER_SIGNAL, VIOLATION]
+    files[f"permissionsets/{INTEGRATION_PERMISSION_SET}.permissionset"] = _permission_set(
+        "OnRecord Integration",
+        "For OnRecord's integration user: writes the OnRecord fields and objects.",
+        all_fields,
+        own_objects,
+        edit=True,
+    )
+    files[f"permissionsets/{VIEWER_PERMISSION_SET}.permissionset"] = _permission_set(
+        "OnRecord Viewer",
+        "Read OnRecord's provenance, approvals and leader signals.",
+        all_fields,
+        own_objects,
+        edit=False,
+    )
+    members["PermissionSet"] += [INTEGRATION_PERMISSION_SET, VIEWER_PERMISSION_SET]
+    files["package.xml"] = _package_xml(members, config.salesforce.api_version)
+    return files
+
+
+def write_package(files: Mapping[str, bytes], out_dir: Path) -> list[Path]:
+    """Write the files under `out_dir` (created if needed); return their paths."""
+    written = []
+    for name, content in sorted(files.items()):
+        path = out_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        written.append(path)
+    return written
+
+
+def package_zip(files: Mapping[str, bytes]) -> bytes:
+    """The package as the Metadata API deploys it: a zip with package.xml at its root."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in sorted(files.items()):
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def is_sandbox(login_url: str) -> bool:
+    """Whether the login URL is a sandbox's (test.salesforce.com or *.sandbox.my.salesforce.com)."""
+    return jwt_audience(login_url) == "https://test.salesforce.com"
+
+
+# --- deploy ----------------------------------------------------------------------------------
+
+
+class MetadataDeployer(Protocol):
+    """What deploying needs from the Salesforce client (SalesforceWriter has it)."""
+
+    def deploy(self, package_zip: bytes, *, sandbox: bool, check_only: bool = False) -> str: ...
+
+    def deploy_status(self, async_id: str) -> Mapping[str, Any]: ...
+
+
+DONE_STATES = frozenset({"Succeeded", "SucceededPartial", "Failed", "Canceled"})
+
+
+@dataclass(frozen=True)
+class DeployOutcome:
+    """How a deploy ended (or where it stood when we stopped waiting)."""
+
+    id: str
+    status: str
+    components_total: int = 0
+    components_deployed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "Succeeded"
+
+
+def _count(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def deploy_package(
+    deployer: MetadataDeployer,
+    files: Mapping[str, bytes],
+    *,
+    sandbox: bool,
+    check_only: bool = False,
+    wait_seconds: float = 600.0,
+    poll_seconds: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> DeployOutcome:
+    """Deploy the package and follow it (checkDeployStatus) until it is done or time is up."""
+    async_id = deployer.deploy(package_zip(files), sandbox=sandbox, check_only=check_only)
+    deadline = clock() + wait_seconds
+    while True:
+        status = deployer.deploy_status(async_id)
+        state = str(status.get("state") or "Pending")
+        if state in DONE_STATES or clock() >= deadline:
+            break
+        sleep(poll_seconds)
+    detail = status.get("deployment_detail") or {}
+    errors = []
+    for problem in detail.get("errors") or []:
+        where = problem.get("file") or problem.get("type") or "package"
+        errors.append(f"{where}: {problem.get('status') or 'Error'}: {problem.get('message')}")
+    return DeployOutcome(
+        id=async_id,
+        status=state,
+        components_total=_count(detail.get("total_count")),
+        components_deployed=_count(detail.get("deployed_count")),
+        errors=errors,
+    )
+
+
+__all__ = [
+    "APPROVAL_RULE",
+    "LEADER_SIGNAL",
+    "NS",
+    "VIOLATION",
+    "DeployOutcome",
+    "PackageError",
+    "approval_formula",
+    "build_package",
+    "deploy_package",
+    "governed_fields",
+    "is_sandbox",
+    "package_zip",
+    "write_package",
+]

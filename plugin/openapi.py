@@ -1,0 +1,698 @@
+"""OnRecord's HTTP API described once, rendered as OpenAPI 3.0 and as Swagger 2.0.
+
+GET /openapi.json is OpenAPI 3.0, for Salesforce External Services (Flow actions).
+GET /openapi-v2.json is Swagger 2.0, imported as a Power Automate custom connector: no oneOf or
+anyOf, the subscription operation marked ``x-ms-trigger`` with ``x-ms-notification-url`` on its
+callback and ``x-ms-notification-content`` describing what OnRecord posts, its DELETE internal.
+
+Both come from the tables below: schemas (JSON Schema, a ``$ref`` names another schema) and
+operations. ``x-ms-*`` extensions only make sense to Power Automate, so the 3.0 rendering drops
+them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, jsonify, request
+
+from plugin.runtime import runtime
+
+TITLE: Final = "OnRecord"
+VERSION: Final = "1.0.0"
+DESCRIPTION: Final = (
+    "If it is not on record, it does not exist: OnRecord receives Power Automate and CRM events, "
+    "verifies form-only approvals and leader buy-in, and writes provenance into the CRM."
+)
+TOPICS: Final = ("approval.blocked", "approval.verified", "leader.champion")
+
+Auth = Literal["api", "hook"]
+
+# -- schemas ------------------------------------------------------------------------------------
+
+
+def ref(name: str) -> dict[str, Any]:
+    """A reference to another schema of SCHEMAS (resolved per rendering)."""
+    return {"$ref": name}
+
+
+def _s(description: str, **kw: Any) -> dict[str, Any]:
+    return {"type": "string", "description": description, **kw}
+
+
+def _obj(description: str, properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "description": description, "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+_DATETIME: Final = {"format": "date-time"}
+
+SCHEMAS: Final[dict[str, dict[str, Any]]] = {
+    "Error": _obj(
+        "Why a request was refused.",
+        {"error": _s("What went wrong."), "reason": _s("Machine-readable reason (also the metric label).")},
+        ["error", "reason"],
+    ),
+    "ReceiveResult": _obj(
+        "Acknowledgement: the request's events are stored (a retried delivery counts as a duplicate).",
+        {
+            "stored": {"type": "integer", "description": "Events newly stored."},
+            "duplicates": {"type": "integer", "description": "Re-deliveries of events already stored."},
+            "ignored": {"type": "integer", "description": "Known events OnRecord does not process."},
+        },
+        ["stored", "duplicates", "ignored"],
+    ),
+    "RecordRef": _obj(
+        "The CRM record the flow created or updated.",
+        {"object": _s("API name, e.g. Opportunity."), "id": _s("Record id.")},
+        ["object", "id"],
+    ),
+    "FormSubmission": _obj(
+        "A form response, as the flow has it after 'Get response details'.",
+        {
+            "form_id": _s("The form's id."),
+            "form_name": _s("The form's title."),
+            "response_id": {"description": "The response id: the Forms connector's integer, or a string."},
+            "responder": _s("The responder's e-mail or UPN (anonymous responses are refused)."),
+            "submitted_at": _s("When it was submitted, with a time zone.", **_DATETIME),
+            "record": ref("RecordRef"),
+            "answers": {
+                "type": "object",
+                "description": "Answers by stable names: text, numbers, booleans or lists of them.",
+                "additionalProperties": True,
+            },
+            "flow_run_id": _s("workflow()?['run']?['name']"),
+            "flow_name": _s("The flow's display name."),
+        },
+        ["form_id", "form_name", "response_id", "responder", "submitted_at", "record", "answers"],
+    ),
+    "ApprovalResponder": _obj(
+        "Who responded.",
+        {
+            "id": _s("Entra ID object id (GUID)."),
+            "displayName": _s("Display name."),
+            "email": _s("E-mail."),
+            "tenantId": _s("Tenant id (GUID)."),
+            "userPrincipalName": _s("UPN."),
+        },
+        ["id", "tenantId", "userPrincipalName"],
+    ),
+    "ApprovalResponse": _obj(
+        "One approver's response.",
+        {
+            "responder": ref("ApprovalResponder"),
+            "requestDate": _s("When the approval was requested.", **_DATETIME),
+            "responseDate": _s("When this approver responded.", **_DATETIME),
+            "approverResponse": _s("Approve or Reject (case-sensitive).", enum=["Approve", "Reject"]),
+            "comments": {"description": "The approver's comments (text), or null if none."},
+        },
+        ["responder", "requestDate", "responseDate", "approverResponse"],
+    ),
+    "ApprovalOutput": _obj(
+        "body('Start_and_wait_for_an_approval'), as the Approvals connector gives it.",
+        {
+            "name": _s("The approval's id (GUID)."),
+            "title": _s("The approval's title."),
+            "outcome": _s("Approve or Reject.", enum=["Approve", "Reject"]),
+            "requestDate": _s("When it was requested.", **_DATETIME),
+            "completionDate": _s("When it completed.", **_DATETIME),
+            "expirationDate": _s("When it expires.", **_DATETIME),
+            "responseSummary": _s("The connector's summary of the responses."),
+            "responses": {"type": "array", "items": ref("ApprovalResponse")},
+        },
+        ["name", "title", "outcome", "requestDate", "responses"],
+    ),
+    "ApprovalDecision": _obj(
+        "One stage's decision in the two-stage approval.",
+        {
+            "stage": {
+                "description": "1 or business_strategy (stage 1), 2 or finance (stage 2).",
+                "enum": [1, 2, "1", "2", "business_strategy", "finance"],
+            },
+            "record": ref("RecordRef"),
+            "flow_run_id": _s("workflow()?['run']?['name']"),
+            "approval": ref("ApprovalOutput"),
+        },
+        ["stage", "record", "approval"],
+    ),
+    "Signal": _obj(
+        "A leader signal born outside the CRM; unknown kinds are acknowledged and ignored.",
+        {
+            "kind": _s("training.attended (or training), citation.made, report.viewed, dashboard.viewed."),
+            "leader": _s("The leader's e-mail."),
+            "occurred_at": _s("When it happened, with a time zone.", **_DATETIME),
+            "id": _s("Unique id of the signal (a retry carries the same one)."),
+            "details": {"type": "object", "description": "Free details.", "additionalProperties": True},
+            "record": ref("RecordRef"),
+        },
+        ["kind", "leader", "occurred_at", "id"],
+    ),
+    "SubscriptionRequest": _obj(
+        "Subscribe a flow's trigger to OnRecord's notifications.",
+        {
+            "callback_url": _s(
+                "Where OnRecord POSTs notifications (filled in by Power Automate).",
+                format="uri",
+                **{"x-ms-notification-url": True, "x-ms-visibility": "internal", "title": "Callback URL"},
+            ),
+            "events": {
+                "type": "array",
+                "description": "The notifications the flow wants.",
+                "title": "Events",
+                "items": {"type": "string", "enum": list(TOPICS)},
+            },
+        },
+        ["callback_url", "events"],
+    ),
+    "Subscription": _obj(
+        "A subscription; DELETE its Location to unsubscribe.",
+        {
+            "id": _s("Subscription id."),
+            "events": {"type": "array", "items": {"type": "string", "enum": list(TOPICS)}},
+            "created_at": _s("When it was created.", **_DATETIME),
+        },
+        ["id", "events", "created_at"],
+    ),
+    "NotificationData": {
+        "type": "object",
+        "description": "What happened; the fields present depend on the topic.",
+        "properties": {
+            "object": _s("CRM object of the record concerned."),
+            "record_id": _s("The record concerned."),
+            "reason": _s("Why an approval was blocked, or what verified it."),
+            "stage": {"type": "integer", "description": "The approval stage (1 or 2)."},
+            "actor": _s("Who acted."),
+            "leader": _s("The leader (leader.champion)."),
+            "period": _s("The period (leader.champion)."),
+            "score": {"type": "number", "description": "The leader's score (leader.champion)."},
+        },
+        "additionalProperties": True,
+    },
+    "Notification": _obj(
+        "What OnRecord POSTs to a subscribed flow. The same id may arrive twice (at-least-once).",
+        {
+            "id": _s("Notification id: the same on a retried delivery."),
+            "topic": _s("What kind of notification.", enum=list(TOPICS)),
+            "occurred_at": _s("When the event behind it happened.", **_DATETIME),
+            "key": _s("What it is about, e.g. Opportunity/006... or actor/jane@contoso.com."),
+            "data": ref("NotificationData"),
+        },
+        ["id", "topic", "occurred_at", "data"],
+    ),
+    "Envelope": _obj(
+        "A DSSE envelope holding a signed in-toto statement.",
+        {
+            "payloadType": _s("application/vnd.in-toto+json"),
+            "payload": _s("The statement, base64.", format="byte"),
+            "signatures": {
+                "type": "array",
+                "items": _obj(
+                    "One signature.",
+                    {"keyid": _s("Key id (see /.well-known/onrecord-keys.json)."), "sig": _s("Base64.")},
+                    ["keyid", "sig"],
+                ),
+            },
+        },
+        ["payloadType", "payload", "signatures"],
+    ),
+    "InclusionProof": _obj(
+        "RFC 6962 inclusion proof of a statement in OnRecord's append-only log.",
+        {
+            "log_index": {"type": "integer", "description": "The statement's index in the log."},
+            "tree_size": {"type": "integer", "description": "Size of the tree the proof is for."},
+            "root_hash": _s("The tree's root hash (hex)."),
+            "hashes": {"type": "array", "items": {"type": "string"}, "description": "Audit path (hex)."},
+        },
+        ["log_index", "tree_size", "root_hash", "hashes"],
+    ),
+    "ProvenanceEntry": _obj(
+        "One statement of a record's chain, with its verification.",
+        {
+            "envelope": ref("Envelope"),
+            "verified": {"type": "boolean", "description": "Signature and chain link hold."},
+            "reason": _s(
+                "Why not, when not verified: unknown_key, signature_invalid, malformed, "
+                "statement_inconsistent, chain_broken, checkpoint_invalid, log_mismatch."
+            ),
+            "inclusion_proof": ref("InclusionProof"),
+        },
+        ["envelope", "verified"],
+    ),
+    "Provenance": _obj(
+        "A record's provenance chain, newest first.",
+        {
+            "object": _s("CRM object."),
+            "record_id": _s("Record id."),
+            "chain": {"type": "array", "items": ref("ProvenanceEntry")},
+            "checkpoint": _s("The log's latest signed checkpoint (c2sp.org/tlog-checkpoint signed note)."),
+        },
+        ["object", "record_id", "chain", "checkpoint"],
+    ),
+    "VerifyRequest": _obj(
+        "Is this figure from the system?",
+        {
+            "object": _s("CRM object, e.g. Opportunity."),
+            "id": _s("Record id."),
+            "field": _s("Field API name, e.g. Amount."),
+            "value": _s("The value as quoted (numbers compare by value: 120000 equals 120000.0)."),
+        },
+        ["object", "id", "field", "value"],
+    ),
+    "VerifyResult": _obj(
+        "The verdict, and the sentence to say.",
+        {
+            "verified": {"type": "boolean", "description": "The value is the recorded, signed one."},
+            "reason": _s(
+                "Empty when verified; else value_differs, change_not_recorded, chain_broken, unknown_key, "
+                "signature_invalid, log_mismatch (or another reason of ProvenanceEntry)."
+            ),
+            "statement": _s("What to say, e.g. 'CRM shows that ...'."),
+        },
+        ["verified", "reason", "statement"],
+    ),
+    "CitationRequest": _obj(
+        "A leader cites CRM data.",
+        {
+            "leader": _s("The leader's e-mail."),
+            "object": _s("CRM object."),
+            "id": _s("Record id."),
+            "field": _s("Field API name."),
+            "value": _s("The value cited."),
+            "occasion": _s("Where, e.g. 'Weekly pipeline review'."),
+        },
+        ["leader", "object", "id", "field", "value"],
+    ),
+    "Citation": _obj(
+        "The signed citation (a statement of its own), counted as a leader signal.",
+        {
+            "id": _s("Citation id: the sha256 of the signed citation statement."),
+            "envelope": ref("Envelope"),
+            "verified": {"type": "boolean", "description": "The cited value is the recorded, signed one."},
+            "reason": _s("Why not, when not verified."),
+            "statement": _s("What to say about the figure."),
+        },
+        ["id", "envelope", "verified", "reason", "statement"],
+    ),
+    "LeaderSignals": _obj(
+        "One leader's signals in a period.",
+        {
+            "leader": _s("The leader."),
+            "period": _s("The period, e.g. 2026-11."),
+            "signals": {
+                "type": "object",
+                "description": "Count per signal kind.",
+                "additionalProperties": {"type": "integer"},
+            },
+            "score": {"type": "number", "description": "The published score."},
+            "champion_candidate": {"type": "boolean", "description": "A 'system champion' candidate."},
+        },
+        ["leader", "period", "signals", "score", "champion_candidate"],
+    ),
+    "Leaders": _obj(
+        "Leaders' current signals, scores and champion candidates.",
+        {"period": _s("The period."), "leaders": {"type": "array", "items": ref("LeaderSignals")}},
+        ["period", "leaders"],
+    ),
+}
+
+# -- operations ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    """A path, query or header parameter (always a string)."""
+
+    name: str
+    location: Literal["path", "query", "header"]
+    description: str
+    required: bool = True
+    extensions: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One response: status, description, body schema (a SCHEMAS name) and headers."""
+
+    status: str
+    description: str
+    schema: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)  # name -> description
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation of the API."""
+
+    method: Literal["get", "post", "delete"]
+    path: str
+    operation_id: str
+    summary: str
+    description: str
+    auth: Auth
+    replies: tuple[Reply, ...]
+    body: str | None = None  # a SCHEMAS name
+    params: tuple[Param, ...] = ()
+    extensions: Mapping[str, Any] = field(default_factory=dict)  # x-ms-*, Swagger 2.0 only
+
+
+_HOOK_DESCRIPTION = (
+    " Called by the flow's HTTP action with an Entra ID app-only token ('Active Directory OAuth') "
+    "or the shared key in X-OnRecord-Key; a retried delivery is stored once."
+)
+_KEY_PARAM = Param(
+    "X-OnRecord-Key",
+    "header",
+    "The shared key (ONRECORD_POWER_AUTOMATE__API_KEY), when not using an Entra ID token.",
+    required=False,
+    extensions={"x-ms-visibility": "advanced"},
+)
+
+
+def _hook_replies() -> tuple[Reply, ...]:
+    return (
+        Reply("200", "Stored (or a known event OnRecord ignores).", "ReceiveResult"),
+        Reply("400", "Not what Power Automate sends.", "Error"),
+        Reply("401", "Authentication failed; nothing stored.", "Error"),
+        Reply("413", "Body too large.", "Error"),
+        Reply("503", "Cannot store now, or authentication is not configured; retry.", "Error"),
+    )
+
+
+_API_ERRORS: Final = (
+    Reply("401", "Missing or invalid bearer token.", "Error"),
+    Reply("503", "Not configured, or cannot answer now; retry.", "Error"),
+)
+
+OPERATIONS: Final[tuple[Operation, ...]] = (
+    Operation(
+        "post",
+        "/hooks/power-automate/forms",
+        "SubmitForm",
+        "Record a form submission",
+        "A Microsoft Forms response and the CRM record the flow wrote from it." + _HOOK_DESCRIPTION,
+        "hook",
+        _hook_replies(),
+        body="FormSubmission",
+        params=(_KEY_PARAM,),
+        extensions={"x-ms-visibility": "internal"},
+    ),
+    Operation(
+        "post",
+        "/hooks/power-automate/approvals",
+        "RecordApprovalDecision",
+        "Record an approval stage's decision",
+        "One stage of the two-stage approval: the output of 'Start and wait for an approval'."
+        + _HOOK_DESCRIPTION,
+        "hook",
+        _hook_replies(),
+        body="ApprovalDecision",
+        params=(_KEY_PARAM,),
+        extensions={"x-ms-visibility": "internal"},
+    ),
+    Operation(
+        "post",
+        "/hooks/power-automate/signals",
+        "RecordSignal",
+        "Record a leader signal",
+        "Training attendance and other leader signals born outside the CRM." + _HOOK_DESCRIPTION,
+        "hook",
+        _hook_replies(),
+        body="Signal",
+        params=(_KEY_PARAM,),
+        extensions={"x-ms-visibility": "internal"},
+    ),
+    Operation(
+        "post",
+        "/api/subscriptions",
+        "CreateSubscription",
+        "When OnRecord blocks or verifies an approval, or names a champion",
+        "Subscribes the flow to OnRecord's notifications; Power Automate calls this when the flow is "
+        "saved and DELETEs the returned Location when the trigger is removed.",
+        "api",
+        (
+            Reply(
+                "201",
+                "Subscribed.",
+                "Subscription",
+                {"Location": "The subscription; DELETE it to unsubscribe."},
+            ),
+            Reply("400", "Bad callback URL (not https, host not allowed, not public) or events.", "Error"),
+            *_API_ERRORS,
+        ),
+        body="SubscriptionRequest",
+        extensions={
+            "x-ms-trigger": "single",
+            "x-ms-trigger-hint": (
+                "To see it work, complete an approval, or change an approval status in the CRM."
+            ),
+            "x-ms-visibility": "important",
+        },
+    ),
+    Operation(
+        "delete",
+        "/api/subscriptions/{id}",
+        "DeleteSubscription",
+        "Delete a subscription",
+        "Unsubscribes; answers 204 also when the subscription is already gone.",
+        "api",
+        (Reply("204", "Unsubscribed (or already gone)."), *_API_ERRORS),
+        params=(Param("id", "path", "The subscription id."),),
+        extensions={"x-ms-visibility": "internal"},
+    ),
+    Operation(
+        "get",
+        "/api/provenance/{object}/{record_id}",
+        "GetProvenance",
+        "Get a record's provenance",
+        "The record's chain of signed statements, newest first, each verified, with its inclusion proof.",
+        "api",
+        (
+            Reply("200", "The chain.", "Provenance"),
+            Reply("404", "No statement for this record.", "Error"),
+            *_API_ERRORS,
+        ),
+        params=(
+            Param("object", "path", "CRM object, e.g. Opportunity."),
+            Param("record_id", "path", "Record id."),
+        ),
+    ),
+    Operation(
+        "post",
+        "/api/verify",
+        "VerifyFigure",
+        "Verify a figure",
+        "Is this figure from the system? The verdict, with the sentence to say in the meeting.",
+        "api",
+        (Reply("200", "The verdict.", "VerifyResult"), Reply("400", "Bad request.", "Error"), *_API_ERRORS),
+        body="VerifyRequest",
+    ),
+    Operation(
+        "post",
+        "/api/citations",
+        "CiteFigure",
+        "Cite a CRM figure",
+        "A leader cites CRM data: OnRecord signs the citation and counts it as a leader signal.",
+        "api",
+        (
+            Reply("201", "The signed citation.", "Citation"),
+            Reply("400", "Bad request.", "Error"),
+            *_API_ERRORS,
+        ),
+        body="CitationRequest",
+    ),
+    Operation(
+        "get",
+        "/api/leaders",
+        "ListLeaders",
+        "List leaders' signals",
+        "Leaders' current signals, scores and 'system champion' candidates.",
+        "api",
+        (Reply("200", "The leaders.", "Leaders"), *_API_ERRORS),
+        params=(
+            Param("period", "query", "The period, e.g. 2026-11 (default: the current one).", required=False),
+        ),
+    ),
+)
+
+# Path-level extensions (Swagger 2.0 only).
+PATH_EXTENSIONS: Final[dict[str, dict[str, Any]]] = {
+    "/api/subscriptions": {
+        "x-ms-notification-content": {"description": "What OnRecord posts", "schema": ref("Notification")}
+    }
+}
+
+# -- rendering ----------------------------------------------------------------------------------
+
+
+def _resolve(value: Any, prefix: str, *, keep_ms: bool) -> Any:
+    """Copy, with `$ref` names made JSON pointers and (unless keep_ms) x-ms-* keys dropped."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key.startswith("x-ms-") and not keep_ms:
+                continue
+            if key == "$ref" and isinstance(item, str) and not item.startswith("#"):
+                out[key] = prefix + item
+            else:
+                out[key] = _resolve(item, prefix, keep_ms=keep_ms)
+        return out
+    if isinstance(value, list | tuple):
+        return [_resolve(item, prefix, keep_ms=keep_ms) for item in value]
+    return value
+
+
+def swagger2(base_url: str) -> dict[str, Any]:
+    """The Swagger 2.0 document for a Power Automate custom connector."""
+    parts = urlsplit(base_url)
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        params: list[dict[str, Any]] = [
+            {
+                "name": p.name,
+                "in": p.location,
+                "description": p.description,
+                "required": p.required,
+                "type": "string",
+            }
+            | dict(p.extensions)
+            for p in op.params
+        ]
+        if op.body:
+            params.append({"name": "body", "in": "body", "required": True, "schema": ref(op.body)})
+        responses: dict[str, Any] = {}
+        for reply in op.replies:
+            response: dict[str, Any] = {"description": reply.description}
+            if reply.schema:
+                response["schema"] = ref(reply.schema)
+            if reply.headers:
+                response["headers"] = {
+                    n: {"type": "string", "description": d} for n, d in reply.headers.items()
+                }
+            responses[reply.status] = response
+        operation: dict[str, Any] = {
+            "operationId": op.operation_id,
+            "summary": op.summary,
+            "description": op.description,
+            "parameters": params,
+            "responses": responses,
+            **op.extensions,
+        }
+        if op.auth == "hook":
+            operation["security"] = []  # Entra ID from the HTTP action, or the X-OnRecord-Key parameter
+        paths.setdefault(op.path, dict(PATH_EXTENSIONS.get(op.path, {})))[op.method] = operation
+    document = {
+        "swagger": "2.0",
+        "info": {"title": TITLE, "version": VERSION, "description": DESCRIPTION},
+        "host": parts.netloc,
+        "basePath": "/",
+        "schemes": [parts.scheme or "https"],
+        "consumes": ["application/json"],
+        "produces": ["application/json"],
+        "securityDefinitions": {
+            "api_token": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "Authorization",
+                "description": "'Bearer ' followed by one of OnRecord's API tokens (ONRECORD_API__TOKENS).",
+            }
+        },
+        "security": [{"api_token": []}],
+        "paths": paths,
+        "definitions": SCHEMAS,
+    }
+    resolved: dict[str, Any] = _resolve(document, "#/definitions/", keep_ms=True)
+    return resolved
+
+
+def openapi3(base_url: str, tenant_id: str = "") -> dict[str, Any]:
+    """The OpenAPI 3.0 document, for Salesforce External Services."""
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        operation: dict[str, Any] = {
+            "operationId": op.operation_id,
+            "summary": op.summary,
+            "description": op.description,
+            "responses": {},
+            "security": (
+                [{"entra": []}, {"onrecord_key": []}]
+                if op.auth == "hook"
+                else [{"api_token": []}, {"entra": []}]
+            ),
+        }
+        if op.params:
+            operation["parameters"] = [
+                {"name": p.name, "in": p.location, "description": p.description, "required": p.required}
+                | {"schema": {"type": "string"}}
+                for p in op.params
+            ]
+        if op.body:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref(op.body)}},
+            }
+        for reply in op.replies:
+            response: dict[str, Any] = {"description": reply.description}
+            if reply.schema:
+                response["content"] = {"application/json": {"schema": ref(reply.schema)}}
+            if reply.headers:
+                response["headers"] = {
+                    n: {"description": d, "schema": {"type": "string"}} for n, d in reply.headers.items()
+                }
+            operation["responses"][reply.status] = response
+        paths.setdefault(op.path, {})[op.method] = operation
+    tenant = tenant_id or "{tenant}"
+    document = {
+        "openapi": "3.0.3",
+        "info": {"title": TITLE, "version": VERSION, "description": DESCRIPTION},
+        "servers": [{"url": base_url}],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "api_token": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "One of ONRECORD_API__TOKENS.",
+                },
+                "onrecord_key": {"type": "apiKey", "in": "header", "name": "X-OnRecord-Key"},
+                "entra": {
+                    "type": "oauth2",
+                    "description": "Entra ID app-only token with OnRecord's app role.",
+                    "flows": {
+                        "clientCredentials": {
+                            "tokenUrl": f"https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
+                            "scopes": {},
+                        }
+                    },
+                },
+            },
+        },
+    }
+    resolved: dict[str, Any] = _resolve(document, "#/components/schemas/", keep_ms=False)
+    return resolved
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+blueprint = Blueprint("openapi", __name__)
+
+
+def _base_url() -> str:
+    return runtime().config.api.public_url or request.host_url.rstrip("/")
+
+
+@blueprint.get("/openapi-v2.json")
+def openapi_v2() -> Response:
+    """Swagger 2.0, to import as a Power Automate custom connector."""
+    return jsonify(swagger2(_base_url()))
+
+
+@blueprint.get("/openapi.json")
+def openapi_v3() -> Response:
+    """OpenAPI 3.0, for Salesforce External Services."""
+    return jsonify(openapi3(_base_url(), runtime().config.power_automate.entra_tenant_id))

@@ -1,0 +1,239 @@
+"""HTTP: the public key set, a record's provenance, "is this figure from the system?", citations.
+
+    GET  /.well-known/onrecord-keys.json        public (JWK set, RFC 8037 OKP / Ed25519)
+    GET  /api/provenance/<object>/<record_id>   the chain newest first, verified, with proofs
+    POST /api/verify                            {object, id, field, value} -> verdict + sentence
+    POST /api/citations                         {leader, object, id, field, value, occasion}
+
+Before answering, the log's sequencer takes in what the worker signed since (`log.integrate`),
+so the answer covers the latest statement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request
+
+from plugin.api_auth import require_api_auth
+from plugin.crm import CrmError
+from plugin.events import Event
+from plugin.inbox import insert_events
+from plugin.provenance.canonical import canonical_json, values_digest
+from plugin.provenance.dsse import sign_envelope
+from plugin.provenance.keys import KeyStore, KeyStoreError
+from plugin.provenance.log import envelope_text, integrate, latest_checkpoint, proofs, record_chain
+from plugin.provenance.rule import key_store
+from plugin.provenance.statement import citation_statement, payload_of, statement_digest
+from plugin.provenance.verify import ChainCheck, Verdict, verdict, verify_chain
+from plugin.runtime import Runtime, runtime
+from plugin.storage import begin_write, provenance_statements
+
+blueprint = Blueprint("provenance", __name__)
+
+CITATION_SOURCE = "onrecord.citations"
+_API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
+_RECORD_ID = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+
+
+class BadRequest(Exception):
+    """The body is not what the operation takes."""
+
+
+def _error(status: int, reason: str, message: str) -> Response:
+    resp = jsonify({"error": message, "reason": reason})
+    resp.status_code = status
+    if status == 503:
+        resp.headers["Retry-After"] = "5"
+    return resp
+
+
+@blueprint.get("/.well-known/onrecord-keys.json")
+def public_keys() -> Response:
+    """The public JWK set; kid = RFC 7638 thumbprint = the envelopes' keyid."""
+    try:
+        jwks = key_store(runtime().config).jwks()
+    except KeyStoreError as exc:
+        return _error(503, "no_signing_key", str(exc))
+    resp = jsonify(jwks)
+    resp.headers["Cache-Control"] = "public, max-age=300"
+    return resp
+
+
+@dataclass(frozen=True)
+class LoadedChain:
+    """A record's chain as served, and its verification."""
+
+    entries: list[dict[str, Any]]
+    check: ChainCheck
+    checkpoint: str | None
+
+
+def load_chain(rt: Runtime, store: KeyStore, obj: str, record_id: str) -> LoadedChain:
+    """Sequence what is pending, then read and verify the record's chain against the latest checkpoint."""
+    origin = rt.config.provenance.log_origin
+    integrate(rt.engine, store.signing_key(), origin, datetime.now(UTC))
+    with rt.engine.connect() as conn:
+        rows = record_chain(conn, obj, record_id)
+        latest = latest_checkpoint(conn)
+        size, note = latest if latest is not None else (0, None)
+        found = proofs(conn, [r["log_index"] for r in rows if r["log_index"] is not None], size)
+    entries = [{"envelope": r["envelope"], "inclusion_proof": found.get(r["log_index"])} for r in rows]
+    return LoadedChain(entries, verify_chain(entries, store.public_keys(), note, origin), note)
+
+
+@blueprint.get("/api/provenance/<obj>/<record_id>")
+@require_api_auth
+def provenance(obj: str, record_id: str) -> Response:
+    """The record's chain, newest first: envelope, verification, inclusion proof."""
+    rt = runtime()
+    try:
+        loaded = load_chain(rt, key_store(rt.config), obj, record_id)
+    except KeyStoreError as exc:
+        return _error(503, "no_signing_key", str(exc))
+    if not loaded.entries:
+        return _error(404, "not_recorded", f"no statement for {obj}/{record_id}")
+    chain = [
+        {
+            "envelope": entry["envelope"],
+            "verified": check.verified,
+            "reason": check.reason,
+            "inclusion_proof": entry["inclusion_proof"],
+        }
+        for entry, check in zip(loaded.entries, loaded.check.entries, strict=True)
+    ]
+    return jsonify({"object": obj, "record_id": record_id, "chain": chain, "checkpoint": loaded.checkpoint})
+
+
+def _figure_request(body: Any, *, citation: bool) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    for name in ("object", "id", "field", *(("leader",) if citation else ())):
+        if not isinstance(body.get(name), str) or not body[name].strip():
+            raise BadRequest(f"{name} is required (a string)")
+    if not _API_NAME.match(body["object"]) or not _API_NAME.match(body["field"]):
+        raise BadRequest("object and field must be API names")
+    if not _RECORD_ID.match(body["id"]):
+        raise BadRequest("id is not a record id")
+    if "value" not in body or isinstance(body["value"], dict | list):
+        raise BadRequest("value is required (a string, number, boolean or null)")
+    if citation:
+        if not _EMAIL.match(body["leader"].strip()):
+            raise BadRequest("leader must be an e-mail address")
+        occasion = body.get("occasion", "")
+        if not isinstance(occasion, str) or len(occasion) > 500:
+            raise BadRequest("occasion must be a string of at most 500 characters")
+    return body
+
+
+def _judge(rt: Runtime, loaded: LoadedChain, body: Mapping[str, Any]) -> Verdict:
+    live: dict[str, Any] | None = None
+    if loaded.check.verified:
+        try:
+            live = rt.writer.read_fields(body["object"], body["id"], [body["field"]])
+        except CrmError:
+            live = None  # the CRM cannot be asked now: judge by the signed record alone
+    return verdict(loaded.check, body["object"], body["id"], body["field"], body["value"], live)
+
+
+@blueprint.post("/api/verify")
+@require_api_auth
+def verify_figure() -> Response:
+    """Is this figure from the system? The verdict, and the sentence to say."""
+    try:
+        body = _figure_request(request.get_json(silent=True), citation=False)
+    except BadRequest as exc:
+        return _error(400, "bad_request", str(exc))
+    rt = runtime()
+    try:
+        loaded = load_chain(rt, key_store(rt.config), body["object"], body["id"])
+    except KeyStoreError as exc:
+        return _error(503, "no_signing_key", str(exc))
+    result = _judge(rt, loaded, body)
+    return jsonify({"verified": result.verified, "reason": result.reason, "statement": result.statement})
+
+
+@blueprint.post("/api/citations")
+@require_api_auth
+def cite() -> Response:
+    """Sign a leader's citation of a figure, log it, and count it as a leader signal."""
+    try:
+        body = _figure_request(request.get_json(silent=True), citation=True)
+    except BadRequest as exc:
+        return _error(400, "bad_request", str(exc))
+    rt = runtime()
+    store = key_store(rt.config)
+    now = datetime.now(UTC)
+    try:
+        loaded = load_chain(rt, store, body["object"], body["id"])
+        key = store.signing_key()
+    except KeyStoreError as exc:
+        return _error(503, "no_signing_key", str(exc))
+    result = _judge(rt, loaded, body)
+    latest = loaded.check.entries[0].statement if loaded.check.entries else None
+    statement = citation_statement(
+        obj=body["object"],
+        record_id=body["id"],
+        values_digest=latest["subject"][0]["digest"]["sha256"] if latest else values_digest({}),
+        leader=body["leader"].strip().lower(),
+        field=body["field"],
+        value=body["value"],
+        occasion=body.get("occasion", ""),
+        cited_at=now,
+        verified=result.verified,
+        reason=result.reason,
+        record_statement_digest=statement_digest(payload_of(latest)) if latest else None,
+    )
+    payload = payload_of(statement)
+    envelope = sign_envelope(payload, key)
+    digest = statement_digest(payload)
+    event = Event(
+        source=CITATION_SOURCE,
+        delivery_id=digest,
+        kind="citation.made",
+        occurred_at=now,
+        object=body["object"],
+        record_id=body["id"],
+        actor=statement["predicate"]["leader"],
+        data={
+            "leader": statement["predicate"]["leader"],
+            "field": body["field"],
+            "value": body["value"],
+            "occasion": statement["predicate"]["occasion"],
+            "verified": result.verified,
+            "reason": result.reason,
+            "citation": digest,
+        },
+        sender=str(g.get("api_caller", "")),
+        raw_digest=hashlib.sha256(canonical_json(body)).hexdigest(),
+    )
+    with begin_write(rt.engine) as conn:
+        conn.execute(
+            provenance_statements.insert().values(
+                kind="citation",
+                object=body["object"],
+                record_id=body["id"],
+                digest=digest,
+                envelope=envelope_text(envelope),
+                recorded_at=now,
+            )
+        )
+        insert_events(conn, [event], now)
+    integrate(rt.engine, key, rt.config.provenance.log_origin, now)
+    resp = jsonify(
+        {
+            "id": digest,
+            "envelope": envelope,
+            "verified": result.verified,
+            "reason": result.reason,
+            "statement": result.statement,
+        }
+    )
+    resp.status_code = 201
+    return resp

@@ -1,0 +1,228 @@
+"""The provenance rule: each governed record change becomes a signed, chained statement.
+
+Pure: (event, state, now) -> Outcome, with the signing key given at construction. Ed25519
+signatures are deterministic (RFC 8032), so the rule stays a function of its inputs and is tested
+without a database; the worker needs no change to sign. The rule
+
+- remembers, per record, recent form responses and flow runs (`form.submitted`,
+  `approval.decided`) to attribute later changes (see `channels`);
+- for a `record.changed` of a governed object whose tracked values changed: classifies it, builds
+  the in-toto statement, signs it into a DSSE envelope, chains it to the record's previous one,
+  leaves it for the log (state key `provenance:pending:...`, sequenced by `log.integrate`), and
+  writes channel, source, time, digest and envelope back to the record through the outbox.
+
+It ignores OnRecord's own writes: changes by the integration user, changes in which no tracked
+field is present (only OnRecord_* fields, say), changes that leave the tracked values as they were,
+and a change older than the one last recorded (an out-of-order re-delivery).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from plugin.config import Config
+from plugin.events import CrmWrite, Event, Outcome
+from plugin.provenance.canonical import tracked_values, values_digest
+from plugin.provenance.channels import classify, same_user
+from plugin.provenance.dsse import sign_envelope
+from plugin.provenance.keys import KeyStore, SigningKey
+from plugin.provenance.statement import iso, payload_of, record_statement, statement_digest
+from plugin.rules import Rule, StateReader
+
+KINDS = frozenset({"record.changed", "form.submitted", "approval.decided"})
+MAX_CONTEXT = 20  # form responses and flow runs remembered per record
+
+
+def head_key(obj: str, record_id: str) -> str:
+    """State: the record's last statement (sequence, digest, values, name, time)."""
+    return f"provenance:head:{obj}/{record_id}"
+
+
+def context_key(obj: str, record_id: str) -> str:
+    """State: the record's recent form responses and flow runs."""
+    return f"provenance:context:{obj}/{record_id}"
+
+
+PENDING_PREFIX = "provenance:pending:"
+
+
+def pending_key(obj: str, record_id: str, sequence: int) -> str:
+    """State: a signed statement waiting to be sequenced into the log."""
+    return f"{PENDING_PREFIX}{obj}/{record_id}:{sequence:010d}"
+
+
+@dataclass(frozen=True)
+class WriteFields:
+    """The API names of the fields written on each governed record."""
+
+    channel: str = "OnRecord_Channel__c"
+    source: str = "OnRecord_Source__c"
+    recorded_at: str = "OnRecord_Recorded_At__c"
+    digest: str = "OnRecord_Digest__c"
+    signature: str = "OnRecord_Signature__c"
+
+    def names(self) -> frozenset[str]:
+        """All of them."""
+        return frozenset({self.channel, self.source, self.recorded_at, self.digest, self.signature})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the rule needs from the configuration."""
+
+    governed: Mapping[str, tuple[str, ...]]  # object -> tracked fields
+    integration_user: str = ""
+    api_users: tuple[str, ...] = ()
+    import_users: tuple[str, ...] = ()
+    window: timedelta = timedelta(minutes=10)
+    fields: WriteFields = WriteFields()
+
+    @classmethod
+    def from_config(cls, config: Config) -> Settings:
+        """The settings of a configuration."""
+        p = config.provenance
+        fields = WriteFields(
+            p.channel_field, p.source_field, p.recorded_at_field, p.digest_field, p.signature_field
+        )
+        own = fields.names()
+        return cls(
+            governed={
+                g.object: tuple(f for f in g.fields if f not in own and not f.startswith("OnRecord_"))
+                for g in config.governed
+            },
+            integration_user=config.salesforce.integration_user_id,
+            api_users=tuple(p.api_user_ids),
+            import_users=tuple(p.import_user_ids),
+            window=timedelta(seconds=p.form_window_seconds),
+            fields=fields,
+        )
+
+
+def key_store(config: Config) -> KeyStore:
+    """The configured key directory."""
+    directory = config.provenance.key_dir or f"{config.var_dir}/keys"
+    return KeyStore(directory, config.provenance.key_passphrase)
+
+
+def provenance_rule(settings: Settings, key: SigningKey) -> Rule:
+    """The rule, signing with `key`."""
+
+    def apply(event: Event, state: StateReader, now: datetime) -> Outcome:
+        if event.kind == "record.changed":
+            return record_changed(event, state, now, settings, key)
+        return remember_context(event, state, settings)
+
+    return Rule(name="provenance", kinds=KINDS, apply=apply)
+
+
+def provenance_rule_for(config: Config) -> Rule:
+    """The rule for a configuration, with its active signing key (KeyStoreError if none)."""
+    return provenance_rule(Settings.from_config(config), key_store(config).signing_key())
+
+
+def remember_context(event: Event, state: StateReader, settings: Settings) -> Outcome:
+    """Keep a governed record's form responses and flow runs, for attributing its changes."""
+    if event.object is None or event.object not in settings.governed or not event.record_id:
+        return Outcome()
+    key = context_key(event.object, event.record_id)
+    context = state.get(key) or {"forms": [], "flows": []}
+    forms, flows = list(context["forms"]), list(context["flows"])
+    run = event.data.get("flow_run_id")
+    if event.kind == "form.submitted":
+        forms.append(
+            {
+                "form_id": event.data.get("form_id"),
+                "form_name": event.data.get("form_name"),
+                "response_id": event.data.get("response_id"),
+                "responder": event.data.get("responder"),
+                "flow_run_id": run,
+                "at": iso(event.occurred_at),
+            }
+        )
+    if run:
+        flows.append({"flow_run_id": run, "actor": event.actor, "at": iso(event.occurred_at)})
+    return Outcome(state={key: {"forms": forms[-MAX_CONTEXT:], "flows": flows[-MAX_CONTEXT:]}})
+
+
+def record_changed(
+    event: Event, state: StateReader, now: datetime, settings: Settings, key: SigningKey
+) -> Outcome:
+    """Sign, chain and write back one change of a governed record (or nothing, see the module)."""
+    obj, record_id = event.object, event.record_id
+    if obj is None or record_id is None or obj not in settings.governed:
+        return Outcome()
+    if settings.integration_user and event.actor and same_user(event.actor, settings.integration_user):
+        return Outcome()
+    fields: Mapping[str, Any] = event.data.get("fields") or {}
+    present = tracked_values(fields, list(settings.governed[obj]))
+    if not present:
+        return Outcome()
+    head: dict[str, Any] | None = state.get(head_key(obj, record_id))
+    if head is not None and event.occurred_at < datetime.fromisoformat(head["changed_at"]):
+        return Outcome()
+    values = {**(head["values"] if head else {}), **present}
+    if head is not None and values == head["values"]:
+        return Outcome()
+    name = fields.get("Name") if isinstance(fields.get("Name"), str) else (head or {}).get("name")
+    context = state.get(context_key(obj, record_id)) or {"forms": [], "flows": []}
+    attribution = classify(
+        event.occurred_at,
+        event.actor,
+        [f | {"at": datetime.fromisoformat(f["at"])} for f in context["forms"]],
+        [f | {"at": datetime.fromisoformat(f["at"])} for f in context["flows"]],
+        api_users=settings.api_users,
+        import_users=settings.import_users,
+        window=settings.window,
+    )
+    sequence = head["sequence"] + 1 if head else 1
+    digest_of_values = values_digest(values)
+    statement = record_statement(
+        obj=obj,
+        record_id=record_id,
+        name=name,
+        values=values,
+        values_digest=digest_of_values,
+        attribution=attribution,
+        changed_at=event.occurred_at,
+        recorded_at=now,
+        source={"source": event.source, "deliveryId": event.delivery_id, "rawDigest": event.raw_digest},
+        sequence=sequence,
+        previous=head["digest"] if head else None,
+    )
+    payload = payload_of(statement)
+    envelope = sign_envelope(payload, key)
+    digest = statement_digest(payload)
+    new_head = {
+        "sequence": sequence,
+        "digest": digest,
+        "values": values,
+        "name": name,
+        "changed_at": event.occurred_at.isoformat(),
+    }
+    pending = {
+        "object": obj,
+        "record_id": record_id,
+        "sequence": sequence,
+        "digest": digest,
+        "envelope": envelope,
+    }
+    f = settings.fields
+    write = CrmWrite(
+        object=obj,
+        record_id=record_id,
+        fields={
+            f.channel: attribution.channel,
+            f.source: attribution.source_text(),
+            f.recorded_at: iso(now),
+            f.digest: f"sha256:{digest_of_values}",
+            f.signature: json.dumps(envelope, separators=(",", ":")),
+        },
+    )
+    return Outcome(
+        state={head_key(obj, record_id): new_head, pending_key(obj, record_id, sequence): pending},
+        writes=[write],
+    )

@@ -1,0 +1,405 @@
+"""`provision`: the metadata package OnRecord needs, valid per Salesforce's own Metadata API schema,
+written to a directory and deployed through simple-salesforce to the emulator."""
+
+from __future__ import annotations
+
+import copy
+import io
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import simple_salesforce
+from lxml import etree
+
+from connectors.salesforce.ids import to_18
+from connectors.salesforce.provision import (
+    APPROVAL_RULE,
+    NS,
+    PackageError,
+    approval_formula,
+    build_package,
+    deploy_package,
+    is_sandbox,
+    package_zip,
+)
+from connectors.salesforce.wiring import build_salesforce_writer
+from plugin.cli import main
+from plugin.config import Config, GovernedObject
+from plugin.crm import RecordWrite, WriteBatch
+from tests.conftest import make_config
+from tests.connectors.salesforce.emulated_org import cli_environment, connect, overrides
+from tests.sfemu import KeyPair, SalesforceEmulator, make_consumer_keypair
+
+XSD = "http://www.w3.org/2001/XMLSchema"
+WSDL = "http://schemas.xmlsoap.org/wsdl/"
+MD = f"{{{NS}}}"
+INTEGRATION_USER = "0055g00000IntEg"
+GOVERNED = [
+    {"object": "Opportunity", "fields": ["Amount", "StageName"]},
+    {
+        "object": "Budget_Request__c",
+        "fields": ["Amount__c", "Status__c"],
+        "approval_field": "Status__c",
+        "approved_values": ["Approved", "Approved by Finance"],
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def metadata_schema() -> etree.XMLSchema:
+    """Salesforce's Metadata API schema (metadata.wsdl, API 63.0, shipped with simple-salesforce),
+    with the file-level root elements a package's files use."""
+    wsdl = Path(simple_salesforce.__file__).parent / "metadata.wsdl"
+    source = etree.parse(str(wsdl)).getroot().find(f"{{{WSDL}}}types/{{{XSD}}}schema")
+    assert source is not None
+    schema = etree.Element(f"{{{XSD}}}schema", nsmap={"xsd": XSD, "tns": NS}, attrib=dict(source.attrib))
+    schema.extend(copy.deepcopy(child) for child in source)
+    for root in ("CustomObject", "Package", "PermissionSet"):
+        etree.SubElement(schema, f"{{{XSD}}}element", name=root, type=f"tns:{root}")
+    return etree.XMLSchema(schema)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return make_config(
+        f"sqlite:///{tmp_path}/onrecord.db",
+        tmp_path,
+        **{"governed": GOVERNED, "salesforce.integration_user_id": INTEGRATION_USER},
+    )
+
+
+def parse(content: bytes) -> etree._Element:
+    return etree.fromstring(content)
+
+
+def fields_of(obj: etree._Element) -> dict[str, etree._Element]:
+    return {f.findtext(MD + "fullName") or "": f for f in obj.findall(MD + "fields")}
+
+
+def picklist(field: etree._Element) -> list[str]:
+    return [v.findtext(MD + "fullName") or "" for v in field.iter(MD + "value")]
+
+
+# --- the package ---
+
+
+def test_every_file_is_valid_against_salesforces_metadata_schema(
+    config: Config, metadata_schema: etree.XMLSchema
+) -> None:
+    files = build_package(config)
+
+    assert sorted(files) == [
+        "objects/Budget_Request__c.object",
+        "objects/OnRecord_Leader_Signal__c.object",
+        "objects/OnRecord_Violation__c.object",
+        "objects/Opportunity.object",
+        "package.xml",
+        "permissionsets/OnRecord_Integration.permissionset",
+        "permissionsets/OnRecord_Viewer.permissionset",
+    ]
+    for name, content in files.items():
+        assert content.startswith(b'<?xml version="1.0" encoding="UTF-8"?>\n'), name
+        root = parse(content)
+        assert etree.QName(root).namespace == NS, name
+        assert metadata_schema.validate(root), f"{name}: {metadata_schema.error_log}"
+
+
+def test_a_misordered_element_would_fail_the_schema(metadata_schema: etree.XMLSchema) -> None:
+    wrong = (
+        b'<CustomObject xmlns="%s"><fields><label>A</label><fullName>A__c</fullName></fields></CustomObject>'
+    )
+    assert not metadata_schema.validate(parse(wrong % NS.encode()))
+
+
+def test_each_governed_object_gets_the_onrecord_fields(config: Config) -> None:
+    files = build_package(config)
+
+    for obj in ("Opportunity", "Budget_Request__c"):
+        fields = fields_of(parse(files[f"objects/{obj}.object"]))
+        types = {name: f.findtext(MD + "type") for name, f in fields.items()}
+        assert types == {
+            "OnRecord_Channel__c": "Picklist",
+            "OnRecord_Source__c": "Text",
+            "OnRecord_Recorded_At__c": "DateTime",
+            "OnRecord_Digest__c": "Text",
+            "OnRecord_Signature__c": "LongTextArea",
+            "OnRecord_Approval__c": "Picklist",
+            "OnRecord_Approval_Note__c": "LongTextArea",
+        }
+        assert picklist(fields["OnRecord_Channel__c"]) == ["Form", "Flow", "UI", "API", "Import", "Unknown"]
+        assert picklist(fields["OnRecord_Approval__c"]) == ["Verified", "Pending", "Blocked"]
+        assert fields["OnRecord_Approval__c"].findtext(f"{MD}valueSet/{MD}restricted") == "true"
+
+
+def test_leader_signal_object_is_keyed_by_leader_and_period(config: Config) -> None:
+    obj = parse(build_package(config)["objects/OnRecord_Leader_Signal__c.object"])
+    fields = fields_of(obj)
+
+    key = fields["OnRecord_Key__c"]
+    assert [key.findtext(MD + t) for t in ("externalId", "unique", "caseSensitive")] == [
+        "true",
+        "true",
+        "false",
+    ]
+    leader = fields["OnRecord_Leader__c"]
+    assert (leader.findtext(MD + "type"), leader.findtext(MD + "referenceTo")) == ("Lookup", "User")
+    assert fields["OnRecord_Period__c"].findtext(MD + "type") == "Text"
+    counts = {
+        n for n, f in fields.items() if f.findtext(MD + "type") == "Number" and n != "OnRecord_Score__c"
+    }
+    assert counts == {
+        "OnRecord_Logins__c",
+        "OnRecord_Form_Approvals__c",
+        "OnRecord_Records_Touched__c",
+        "OnRecord_Trainings__c",
+        "OnRecord_Citations__c",
+        "OnRecord_Off_System_Approvals__c",
+    }
+    assert fields["OnRecord_Score__c"].findtext(MD + "scale") == "1"
+    champion = fields["OnRecord_Champion_Candidate__c"]
+    assert (champion.findtext(MD + "type"), champion.findtext(MD + "defaultValue")) == ("Checkbox", "false")
+    assert obj.findtext(MD + "deploymentStatus") == "Deployed"
+    assert obj.findtext(f"{MD}nameField/{MD}type") == "AutoNumber"
+
+
+def test_violation_object_records_record_actor_rule_action_and_time(config: Config) -> None:
+    fields = fields_of(parse(build_package(config)["objects/OnRecord_Violation__c.object"]))
+
+    assert {n: f.findtext(MD + "type") for n, f in fields.items()} == {
+        "OnRecord_Object__c": "Text",
+        "OnRecord_Record_Id__c": "Text",
+        "OnRecord_Actor__c": "Lookup",
+        "OnRecord_Rule__c": "Text",
+        "OnRecord_Action__c": "Text",
+        "OnRecord_Occurred_At__c": "DateTime",
+        "OnRecord_Detail__c": "LongTextArea",
+        "OnRecord_Key__c": "Text",
+    }
+
+
+def test_only_approval_governed_objects_get_the_integration_user_rule(config: Config) -> None:
+    files = build_package(config)
+
+    assert parse(files["objects/Opportunity.object"]).find(MD + "validationRules") is None
+    rule = parse(files["objects/Budget_Request__c.object"]).find(MD + "validationRules")
+    assert rule is not None
+    assert rule.findtext(MD + "fullName") == APPROVAL_RULE and rule.findtext(MD + "active") == "true"
+    assert rule.findtext(MD + "errorDisplayField") == "Status__c"
+    formula = rule.findtext(MD + "errorConditionFormula") or ""
+    assert f'CASESAFEID($User.Id) <> "{to_18(INTEGRATION_USER)}"' in formula
+    assert 'OR(ISPICKVAL(Status__c, "Approved"), ISPICKVAL(Status__c, "Approved by Finance"))' in formula
+    assert "OR(ISNEW(), ISCHANGED(Status__c))" in formula
+    assert 'ISPICKVAL(OnRecord_Approval__c, "Verified")' in formula
+
+
+@pytest.mark.parametrize(
+    ("kind", "values", "expected"),
+    [
+        ("picklist", ["Approved"], 'ISPICKVAL(Stage__c, "Approved")),'),
+        ("text", ["OK", "Done"], 'OR(Stage__c = "OK", Stage__c = "Done")),'),
+        ("checkbox", [], "ISCHANGED(Stage__c)), Stage__c),"),
+    ],
+)
+def test_approved_status_test_follows_the_fields_type(kind: str, values: list[str], expected: str) -> None:
+    governed = GovernedObject.model_validate(
+        {
+            "object": "X__c",
+            "fields": ["Stage__c"],
+            "approval_field": "Stage__c",
+            "approval_field_type": kind,
+            "approved_values": values,
+        }
+    )
+
+    assert expected in approval_formula(governed, INTEGRATION_USER)
+
+
+def test_package_xml_names_every_component_at_the_configured_api_version(config: Config) -> None:
+    package = parse(build_package(config)["package.xml"])
+    members = {
+        t.findtext(MD + "name"): [m.text for m in t.findall(MD + "members")]
+        for t in package.findall(MD + "types")
+    }
+
+    assert members["CustomObject"] == ["OnRecord_Leader_Signal__c", "OnRecord_Violation__c"]
+    assert "Opportunity.OnRecord_Channel__c" in members["CustomField"]
+    assert "OnRecord_Leader_Signal__c.OnRecord_Key__c" in members["CustomField"]
+    assert len(members["CustomField"]) == 2 * 7 + 12 + 8
+    assert members["ValidationRule"] == [f"Budget_Request__c.{APPROVAL_RULE}"]
+    assert members["PermissionSet"] == ["OnRecord_Integration", "OnRecord_Viewer"]
+    assert package.findtext(MD + "version") == "62.0"
+
+
+def test_integration_permission_set_can_edit_every_onrecord_field(config: Config) -> None:
+    files = build_package(config)
+    edit = parse(files["permissionsets/OnRecord_Integration.permissionset"])
+    view = parse(files["permissionsets/OnRecord_Viewer.permissionset"])
+
+    editable = {p.findtext(MD + "field") for p in edit.findall(MD + "fieldPermissions")}
+    assert "Budget_Request__c.OnRecord_Approval__c" in editable and len(editable) == 34
+    assert {p.findtext(MD + "editable") for p in edit.findall(MD + "fieldPermissions")} == {"true"}
+    assert {p.findtext(MD + "editable") for p in view.findall(MD + "fieldPermissions")} == {"false"}
+    objects = {
+        p.findtext(MD + "object"): p.findtext(MD + "allowCreate")
+        for p in edit.findall(MD + "objectPermissions")
+    }
+    assert objects == {"OnRecord_Leader_Signal__c": "true", "OnRecord_Violation__c": "true"}
+
+
+def test_approval_rule_without_the_integration_user_id_is_refused(tmp_path: Path) -> None:
+    config = make_config(f"sqlite:///{tmp_path}/x.db", tmp_path, governed=GOVERNED)
+
+    with pytest.raises(PackageError, match=r"salesforce\.integration_user_id"):
+        build_package(config)
+
+
+def test_zip_has_package_xml_at_its_root(config: Config) -> None:
+    files = build_package(config)
+
+    with zipfile.ZipFile(io.BytesIO(package_zip(files))) as archive:
+        assert sorted(archive.namelist()) == sorted(files)
+        assert archive.read("package.xml") == files["package.xml"]
+
+
+def test_sandbox_is_told_by_the_login_url() -> None:
+    assert is_sandbox("https://test.salesforce.com")
+    assert is_sandbox("https://acme--uat.sandbox.my.salesforce.com")
+    assert not is_sandbox("https://acme.my.salesforce.com")
+
+
+def test_provision_writes_the_package_to_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "onrecord.toml").write_text('[[governed]]\nobject = "Opportunity"\nfields = ["Amount"]\n')
+    monkeypatch.setenv("ONRECORD_CONFIG", str(tmp_path / "onrecord.toml"))
+    out = tmp_path / "package"
+
+    assert main(["provision", "--out", str(out)]) == 0
+
+    assert (out / "package.xml").is_file() and (out / "objects" / "Opportunity.object").is_file()
+    assert f"wrote {out / 'package.xml'}" in capsys.readouterr().out
+
+
+# --- deploy, against the emulator ---
+
+
+@pytest.fixture(scope="module")
+def keypair() -> KeyPair:
+    return make_consumer_keypair()
+
+
+@pytest.fixture
+def emu(keypair: KeyPair) -> Iterator[SalesforceEmulator]:
+    with SalesforceEmulator() as emulator:
+        connect(emulator, keypair)
+        yield emulator
+    assert emulator.errors == []
+
+
+def deploy_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, emu: SalesforceEmulator, keypair: KeyPair
+) -> None:
+    governed = (
+        '[[governed]]\nobject = "Opportunity"\nfields = ["Amount"]\n'
+        '[[governed]]\nobject = "Budget_Request__c"\nfields = ["Status__c"]\n'
+        'approval_field = "Status__c"\napproved_values = ["Approved"]\n'
+    )
+    cli_environment(monkeypatch, tmp_path, emu, keypair, toml=governed)
+    emu.deploy_polls = 0  # done at the first checkDeployStatus: the command then never sleeps
+
+
+def test_provision_deploy_sends_the_package_and_reports_success(
+    emu: SalesforceEmulator,
+    keypair: KeyPair,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    deploy_env(monkeypatch, tmp_path, emu, keypair)
+    out = tmp_path / "package"
+
+    assert main(["provision", "--out", str(out), "--deploy"]) == 0
+
+    (deployment,) = emu.deployments
+    on_disk = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert deployment.files == on_disk
+    assert deployment.options["rollbackOnError"].lower() == "true"  # production: all or nothing
+    assert deployment.options["checkOnly"] == "false" and deployment.status == "Succeeded"
+    assert "deployed: 39 of 39 components (deploy 0Af" in capsys.readouterr().out
+
+
+def test_deployed_objects_can_be_written_by_their_external_id(
+    emu: SalesforceEmulator, keypair: KeyPair, tmp_path: Path
+) -> None:
+    config = make_config(
+        f"sqlite:///{tmp_path}/x.db", tmp_path, governed=GOVERNED[:1], **overrides(emu, keypair, tmp_path)
+    )
+    writer = build_salesforce_writer(config)
+    outcome = deploy_package(writer, build_package(config), sandbox=False, poll_seconds=0.01)
+    leader = emu.add_user("ceo@acme.example")
+    batch = WriteBatch(
+        object="OnRecord_Leader_Signal__c",
+        operation="upsert",
+        external_id_field="OnRecord_Key__c",
+        records=[RecordWrite(f"{leader}:2025-03", {"OnRecord_Leader__c": leader, "OnRecord_Logins__c": 4})],
+    )
+
+    assert outcome.ok and outcome.components_deployed == outcome.components_total == 31
+    assert [r.ok for r in writer.write_batch(batch)] == [True]
+    (record,) = emu.records("OnRecord_Leader_Signal__c")
+    assert record["OnRecord_Key__c"] == f"{leader}:2025-03" and record["OnRecord_Logins__c"] == 4
+
+
+def test_failed_deploy_reports_salesforces_problem_and_exits_1(
+    emu: SalesforceEmulator,
+    keypair: KeyPair,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    deploy_env(monkeypatch, tmp_path, emu, keypair)
+    problem = "Field Status__c does not exist. Check spelling."
+    emu.fail_next_deploy("objects/Budget_Request__c.object", problem)
+
+    assert main(["provision", "--out", str(tmp_path / "package"), "--deploy"]) == 1
+
+    err = capsys.readouterr().err
+    assert " Failed" in err
+    assert f"objects/Budget_Request__c.object: Error: {problem}" in err
+    assert emu.deployments[0].status == "Failed"
+
+
+def test_check_only_deploy_validates_without_saving(
+    emu: SalesforceEmulator,
+    keypair: KeyPair,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    deploy_env(monkeypatch, tmp_path, emu, keypair)
+
+    assert main(["provision", "--deploy", "--check-only"]) == 0
+
+    assert emu.deployments[0].check_only
+    assert "validated (check only): 39 of 39 components" in capsys.readouterr().out
+
+
+def test_deploy_polls_until_salesforce_says_it_is_done(
+    emu: SalesforceEmulator, keypair: KeyPair, tmp_path: Path, config: Config
+) -> None:
+    emu.deploy_polls = 3
+    sf_config = make_config(
+        f"sqlite:///{tmp_path}/y.db", tmp_path, governed=GOVERNED, **overrides(emu, keypair, tmp_path)
+    )
+    slept: list[float] = []
+
+    outcome = deploy_package(
+        build_salesforce_writer(sf_config), build_package(sf_config), sandbox=True, sleep=slept.append
+    )
+
+    assert outcome.ok and slept == [2.0, 2.0, 2.0]
+    checks = [c for c in emu.calls if "/deployRequest/" in c.path]
+    assert len(checks) == 4
+    assert emu.deployments[0].options["rollbackOnError"].lower() == "false"  # a sandbox
