@@ -195,8 +195,9 @@ def run_pair(args: argparse.Namespace, port: int, tmp: Path, tag: str, wrk_threa
     saturation = wrk(url, files, threads=wrk_threads, connections=args.connections, seconds=args.seconds, delay_ms=0)
     paced_files = tmp / f"{tag}-paced-"
     write_events(paced_files, wrk_threads, 2 * args.rate * args.seconds, tag + "p")
-    connections = 25
-    delay = round(connections * 1000 / args.rate)
+    # wrk paces each connection by a fixed think time; leave room for the response time itself.
+    connections = 50
+    delay = max(1, round(connections * 1000 / args.rate) - 4)
     paced = wrk(url, paced_files, threads=wrk_threads, connections=connections, seconds=args.seconds, delay_ms=delay)
     return {"saturation": saturation, "paced": paced}
 

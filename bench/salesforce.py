@@ -11,7 +11,7 @@
     emulator -> API calls (those the org counts against its daily limit) per record written.
     Target: <= 1/180 (1/200 is the floor: 200 records per call).
 
-    .venv/bin/python bench/salesforce.py [--messages 200] [--concurrency 8] [--writes 10000]
+    .venv/bin/python bench/salesforce.py [--messages 500] [--concurrency 8] [--writes 10000]
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def write_back(args: argparse.Namespace, work: Path) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--messages", type=int, default=200, help="outbound messages of 100 notifications")
+    ap.add_argument("--messages", type=int, default=500, help="outbound messages of 100 notifications")
     ap.add_argument("--concurrency", type=int, default=8, help="client connections")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gunicorn workers")
     ap.add_argument("--threads", type=int, default=16, help="gunicorn threads per worker")

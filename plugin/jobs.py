@@ -46,8 +46,10 @@ class Job:
 
 def builtin_jobs(config: Config) -> list[Job]:
     """The jobs OnRecord ships, as far as the configuration enables them."""
-    found: list[Job] = []
+    from plugin.provenance.log import sequencer_jobs
     from plugin.writers import writer_kind
+
+    found: list[Job] = list(sequencer_jobs(config))
 
     if writer_kind(config) == "salesforce" and config.salesforce.poll_logins_interval_seconds > 0:
         from connectors.salesforce.logins import login_poll_job

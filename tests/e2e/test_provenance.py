@@ -6,6 +6,9 @@ changed behind OnRecord's back."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +25,7 @@ from tests.connectors.power_automate.support import API_KEY
 from tests.connectors.salesforce.emulated_org import CLIENT_ID, connect, key_file
 from tests.connectors.salesforce.outbound_messages import ORG_ID, envelope, notification
 from tests.sfemu import KeyPair, SalesforceEmulator, make_consumer_keypair
-from tests.support.processes import Process, Server, onrecord_env, wait_for
+from tests.support.processes import ROOT, Process, Server, onrecord_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -136,6 +139,18 @@ def test_outbound_message_to_signed_fields_in_salesforce_to_a_verdict(
 
     chain = api(running, "GET", f"/api/provenance/Opportunity/{record_id}").json()
     assert verify_chain(chain["chain"], keys, chain["checkpoint"]).verified
+    # An auditor's machine: nothing but the URL, a token and the published keys.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONRECORD_")}
+    env |= {
+        "ONRECORD_CONFIG": str(Path(running.log_path).parent / "var" / "none.toml"),
+        "PYTHONPATH": str(ROOT),
+    }
+    args = ["verify", "--record", f"Opportunity/{record_id}", "--url", running.url, "--token", API_TOKEN]
+    audit = subprocess.run(
+        [sys.executable, "-m", "plugin", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "checkpoint: ok" in audit.stdout and audit.stdout.strip().endswith("verified")
 
     def verify(value: Any) -> dict[str, Any]:
         body = {"object": "Opportunity", "id": record_id, "field": "Amount", "value": value}

@@ -97,5 +97,8 @@ def test_run_now_names_an_unknown_job(engine: sa.Engine) -> None:
         JobRunner(engine, [], owner="w1").run_now("logins", T0)
 
 
-def test_no_jobs_without_a_configured_crm(config: Config) -> None:
-    assert load_jobs(config) == []
+def test_builtin_jobs_follow_the_configuration(config: Config) -> None:
+    # Governed objects: the provenance log's sequencer; no Salesforce credentials: no login poller.
+    assert [j.name for j in load_jobs(config)] == ["provenance.sequencer"]
+    ungoverned = config.model_copy(update={"governed": []})
+    assert load_jobs(ungoverned) == []
