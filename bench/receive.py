@@ -82,9 +82,10 @@ def write_events(prefix: Path, threads: int, count: int, tag: str) -> None:
 
 
 def start(cmd: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True  # noqa: SIM115
-    )
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -103,11 +104,25 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def wrk(url: str, files: Path, *, threads: int, connections: int, seconds: int, delay_ms: int) -> dict[str, Any]:
+def wrk(
+    url: str, files: Path, *, threads: int, connections: int, seconds: int, delay_ms: int
+) -> dict[str, Any]:
     env = {**os.environ, "ONRECORD_BENCH_FILES": str(files), "ONRECORD_BENCH_DELAY_MS": str(delay_ms)}
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(ROOT / "bench/post.lua"), url],
-        env=env, capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(ROOT / "bench/post.lua"),
+            url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return parse_wrk(out)
 
@@ -146,14 +161,33 @@ def main() -> int:
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("ONRECORD_")}
     base_env["PYTHONPATH"] = str(ROOT)
     gunicorn_args = [
-        "--worker-class", "gthread", "--workers", str(args.workers), "--threads", str(args.threads),
-        "--no-control-socket", "--log-level", "warning", "--config", "python:bench.gunicorn_bare",
+        "--worker-class",
+        "gthread",
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+        "--no-control-socket",
+        "--log-level",
+        "warning",
+        "--config",
+        "python:bench.gunicorn_bare",
     ]
     # (a) the bare endpoint
     port = free_port()
     bare = start(
-        [sys.executable, "-m", "gunicorn", *gunicorn_args, "--bind", f"127.0.0.1:{port}", "bench.bare_app:app"],
-        base_env, port, tmp / "bare.log",
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            *gunicorn_args,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "bench.bare_app:app",
+        ],
+        base_env,
+        port,
+        tmp / "bare.log",
     )
     try:
         results["bare"] = run_pair(args, port, tmp, "bare", wrk_threads)
@@ -167,7 +201,9 @@ def main() -> int:
         "ONRECORD_VAR_DIR": str(tmp / "var"),
         "ONRECORD_STORAGE__URL": f"sqlite:///{tmp}/var/onrecord.db",
         "ONRECORD_SALESFORCE__EVENTS_SECRET": SECRET,
-        "ONRECORD_GOVERNED": json.dumps([{"object": "Opportunity", "fields": ["Amount", "StageName", "CloseDate"]}]),
+        "ONRECORD_GOVERNED": json.dumps(
+            [{"object": "Opportunity", "fields": ["Amount", "StageName", "CloseDate"]}]
+        ),
         "ONRECORD_SERVER__WORKERS": str(args.workers),
         "ONRECORD_SERVER__THREADS": str(args.threads),
         "ONRECORD_LOGGING__LEVEL": "WARNING",
@@ -192,13 +228,17 @@ def run_pair(args: argparse.Namespace, port: int, tmp: Path, tag: str, wrk_threa
     write_events(files, wrk_threads, 20_000 * args.seconds, tag + "s")
     wrk(url, files, threads=wrk_threads, connections=args.connections, seconds=2, delay_ms=0)  # warm-up
     write_events(files, wrk_threads, 20_000 * args.seconds, tag + "S")  # fresh ids: no duplicates
-    saturation = wrk(url, files, threads=wrk_threads, connections=args.connections, seconds=args.seconds, delay_ms=0)
+    saturation = wrk(
+        url, files, threads=wrk_threads, connections=args.connections, seconds=args.seconds, delay_ms=0
+    )
     paced_files = tmp / f"{tag}-paced-"
     write_events(paced_files, wrk_threads, 2 * args.rate * args.seconds, tag + "p")
     # wrk paces each connection by a fixed think time; leave room for the response time itself.
     connections = 50
     delay = max(1, round(connections * 1000 / args.rate) - 4)
-    paced = wrk(url, paced_files, threads=wrk_threads, connections=connections, seconds=args.seconds, delay_ms=delay)
+    paced = wrk(
+        url, paced_files, threads=wrk_threads, connections=connections, seconds=args.seconds, delay_ms=delay
+    )
     return {"saturation": saturation, "paced": paced}
 
 
@@ -215,7 +255,8 @@ def report(args: argparse.Namespace, r: dict[str, dict[str, Any]]) -> None:
         f"gunicorn gthread, {args.workers} workers x {args.threads} threads; wrk 2 threads; "
         f"{os.cpu_count()} cores; SQLite WAL synchronous=FULL; worker {'on' if args.with_worker else 'off'}",
         "",
-        "| endpoint | saturation req/s | p50 ms | p99 ms | paced req/s | paced p50 ms | paced p99 ms | errors |",
+        "| endpoint | saturation req/s | p50 ms | p99 ms | paced req/s | paced p50 ms | paced p99 ms "
+        "| errors |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in ("bare", "onrecord"):
