@@ -15,7 +15,7 @@ from plugin.writers import build_writer, writer_kind
 
 def run(args: argparse.Namespace, config: Config) -> int:
     """Print one line per check; exit 1 if any failed."""
-    results: list[tuple[bool, str]] = [(True, "configuration is valid")]
+    results: list[tuple[bool | None, str]] = [(True, "configuration is valid")]
     engine = get_engine(config.storage.url)
     url = engine.url.render_as_string(hide_password=True)
     try:
@@ -33,23 +33,59 @@ def run(args: argparse.Namespace, config: Config) -> int:
         results.append((True, f"rules: {', '.join(r.name for r in rules) or 'none configured'}"))
     except Exception as exc:
         results.append((False, f"worker.rules: {exc}"))
-    if config.salesforce.events_secret:
-        results.append(
-            (True, f"salesforce.events_secret: {len(config.salesforce.events_secret)} secret(s) set")
-        )
-    else:
-        results.append(
-            (
-                False,
-                f"salesforce.events_secret is not set ({env_name('salesforce', 'events_secret')}): "
-                "POST /hooks/salesforce/events refuses everything",
-            )
-        )
+    results += _sources(config)
     try:
         ok, why = build_writer(config, engine).ready()
         results.append((ok, f"CRM writer {writer_kind(config)}: {why}"))
     except Exception as exc:
         results.append((False, f"CRM writer {writer_kind(config)}: {type(exc).__name__}: {exc}"))
-    for ok, line in results:
-        print(f"{'ok  ' if ok else 'FAIL'} {line}")
-    return 0 if all(ok for ok, _ in results) else 1
+    for state, line in results:
+        print(f"{_MARK[state]} {line}")
+    return 0 if all(state is not False for state, _ in results) else 1
+
+
+# True: fine; None: switched off (not configured), which is allowed; False: a problem.
+_MARK = {True: "ok  ", None: "off ", False: "FAIL"}
+
+
+def _sources(config: Config) -> list[tuple[bool | None, str]]:
+    """Which senders can reach OnRecord; an unconfigured one refuses everything (fail closed)."""
+    sf, pa, api = config.salesforce, config.power_automate, config.api
+    lines: list[tuple[bool | None, str]] = []
+
+    def secret(section: str, key: str, what: str, value: object) -> None:
+        if value:
+            lines.append((True, f"{what}: {section}.{key} is set"))
+        else:
+            lines.append(
+                (None, f"{what}: {section}.{key} is not set ({env_name(section, key)}), so it refuses all")
+            )
+
+    secret("salesforce", "events_secret", "POST /hooks/salesforce/events", sf.events_secret)
+    secret("salesforce", "outbound_token", "POST /hooks/salesforce/outbound", sf.outbound_token)
+    if sf.outbound_token and not sf.org_id:
+        lines.append((None, "POST /hooks/salesforce/outbound: salesforce.org_id is not set, so it refuses all"))
+    modes = []
+    if "entra" in pa.auth_modes and pa.entra_tenant_id:
+        modes.append(f"Entra ID tenant {pa.entra_tenant_id}")
+    if "api_key" in pa.auth_modes and pa.api_key:
+        modes.append(f"{len(pa.api_key)} API key(s)")
+    if modes:
+        lines.append((True, f"POST /hooks/power-automate/*: {', '.join(modes)}"))
+    else:
+        lines.append(
+            (None, "POST /hooks/power-automate/*: no Entra ID tenant or API key configured, refuses all")
+        )
+    secret("api", "tokens", "/api/*", api.tokens)
+    if api.tokens and not api.callback_key:
+        lines.append(
+            (False, f"api.callback_key is not set ({env_name('api', 'callback_key')}): no subscriptions")
+        )
+    if config.governed:
+        names = ", ".join(g.object for g in config.governed)
+        lines.append((True, f"governed objects: {names}"))
+    else:
+        lines.append(
+            (None, "no governed objects ([[governed]]): record changes are acknowledged and ignored")
+        )
+    return lines

@@ -76,7 +76,7 @@ def test_check_reports_a_missing_schema_and_a_missing_secret(tmp_path: Path, sql
     result = cli(env_for(tmp_path, sqlite_url), "check")
     assert result.returncode == 1
     assert "has no schema: run `python -m plugin init`" in result.stdout
-    assert "FAIL salesforce.events_secret is not set" in result.stdout
+    assert "off  POST /hooks/salesforce/events: salesforce.events_secret is not set" in result.stdout
 
 
 def test_outbox_and_deadletters_show_and_requeue(tmp_path: Path, sqlite_url: str) -> None:
