@@ -6,7 +6,6 @@ import argparse
 import base64
 import os
 import secrets
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,8 +25,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
     secrets_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(secrets_dir, 0o700)
     if not os.environ.get("ONRECORD_CONFIG") and not CONFIG.exists() and EXAMPLE.exists():
-        shutil.copyfile(EXAMPLE, CONFIG)
-        print(f"wrote {CONFIG} from {EXAMPLE}; edit it to configure OnRecord")
+        CONFIG.write_text(starter_config(EXAMPLE.read_text(encoding="utf-8")), encoding="utf-8")
+        print(
+            f"wrote {CONFIG} from {EXAMPLE} (governing Opportunity to start with); edit it to configure"
+        )
     for section, key in sorted(SECRET_KEYS):
         if getattr(getattr(config, section), key) or (section, key) in OPTIONAL_SECRETS:
             continue  # configured from the environment or an existing file, or not needed
@@ -52,6 +53,20 @@ def run(args: argparse.Namespace, config: Config) -> int:
         f"(schema {migrate.current_revision(engine)})"
     )
     return 0
+
+
+STARTER_GOVERNED = """
+# Added by `python -m plugin init` as a starting point: OnRecord governs these objects and fields.
+[[governed]]
+object = "Opportunity"
+fields = ["Amount", "StageName", "CloseDate"]
+"""
+
+
+def starter_config(example: str) -> str:
+    """The example configuration, with a first governed object so a fresh install does something."""
+    body = example.replace("\ngoverned = []\n", "\n# governed: see [[governed]] at the end of this file\n", 1)
+    return body.rstrip("\n") + "\n" + STARTER_GOVERNED
 
 
 def generate_secret(section: str, key: str) -> str:

@@ -148,3 +148,35 @@ def test_every_command_has_help(command: str) -> None:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_init_writes_a_starter_config_that_governs_opportunity(tmp_path: Path) -> None:
+    import shutil
+    import tomllib
+
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    (tmp_path / "config" / "onrecord.toml").unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONRECORD_")}
+    env["PYTHONPATH"] = str(ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "plugin", "init"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    written = tomllib.loads((tmp_path / "config" / "onrecord.toml").read_text())
+    assert written["governed"] == [{"object": "Opportunity", "fields": ["Amount", "StageName", "CloseDate"]}]
+    assert (tmp_path / "var" / "onrecord.db").exists()
+    check = subprocess.run(
+        [sys.executable, "-m", "plugin", "check"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout
+    assert "ok   governed objects: Opportunity" in check.stdout
