@@ -8,6 +8,7 @@ or the file `<secrets_dir>/<section>.<key>` (where `init` keeps generated dev se
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import os
 import re
@@ -357,6 +358,17 @@ SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
 )
 # Secrets that may stay unset (init generates none for them).
 OPTIONAL_SECRETS: frozenset[tuple[str, str]] = frozenset({("provenance", "key_passphrase")})
+
+
+def import_setting(setting: str, path: str) -> Any:
+    """The object a "module:attribute" setting names (worker.rules, worker.jobs)."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"{setting}: {path!r} is not of the form module:attribute")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"{setting}: cannot import {path!r}: {exc}") from exc
 
 
 def load_config(

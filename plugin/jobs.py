@@ -8,7 +8,6 @@ old state and the re-emitted events deduplicate on their delivery ids.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from plugin.config import Config
+from plugin.config import Config, import_setting
 from plugin.events import Event
 from plugin.inbox import insert_events
 from plugin.storage import begin_write, is_postgres, jobs
@@ -62,11 +61,7 @@ def load_jobs(config: Config) -> list[Job]:
     """Resolve `worker.jobs` ("module:attribute" naming a factory(config) -> list of Jobs)."""
     found: list[Job] = []
     for path in config.worker.jobs:
-        module_name, _, attr = path.partition(":")
-        if not attr:
-            raise ValueError(f"worker.jobs: {path!r} is not of the form module:attribute")
-        factory = getattr(importlib.import_module(module_name), attr)
-        found.extend(factory(config))
+        found.extend(import_setting("worker.jobs", path)(config))
     return found
 
 

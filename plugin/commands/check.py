@@ -64,7 +64,9 @@ def _sources(config: Config) -> list[tuple[bool | None, str]]:
     secret("salesforce", "events_secret", "POST /hooks/salesforce/events", sf.events_secret)
     secret("salesforce", "outbound_token", "POST /hooks/salesforce/outbound", sf.outbound_token)
     if sf.outbound_token and not sf.org_id:
-        lines.append((None, "POST /hooks/salesforce/outbound: salesforce.org_id is not set, so it refuses all"))
+        lines.append(
+            (None, "POST /hooks/salesforce/outbound: salesforce.org_id is not set, so it refuses all")
+        )
     modes = []
     if "entra" in pa.auth_modes and pa.entra_tenant_id:
         modes.append(f"Entra ID tenant {pa.entra_tenant_id}")

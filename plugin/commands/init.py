@@ -26,9 +26,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     os.chmod(secrets_dir, 0o700)
     if not os.environ.get("ONRECORD_CONFIG") and not CONFIG.exists() and EXAMPLE.exists():
         CONFIG.write_text(starter_config(EXAMPLE.read_text(encoding="utf-8")), encoding="utf-8")
-        print(
-            f"wrote {CONFIG} from {EXAMPLE} (governing Opportunity to start with); edit it to configure"
-        )
+        print(f"wrote {CONFIG} from {EXAMPLE} (governing Opportunity to start with); edit it to configure")
     for section, key in sorted(SECRET_KEYS):
         if getattr(getattr(config, section), key) or (section, key) in OPTIONAL_SECRETS:
             continue  # configured from the environment or an existing file, or not needed

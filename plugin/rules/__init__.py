@@ -6,13 +6,12 @@ returns what should change. The worker stores the outcome atomically with the ev
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from plugin.config import Config
+from plugin.config import Config, import_setting
 from plugin.events import Event, Outcome
 
 
@@ -58,10 +57,7 @@ def load_rules(config: Config) -> list[Rule]:
     """Resolve `worker.rules`: each entry names a Rule, a list of Rules, or a factory(config)."""
     rules: list[Rule] = []
     for path in config.worker.rules:
-        module_name, _, attr = path.partition(":")
-        if not attr:
-            raise ValueError(f"worker.rules: {path!r} is not of the form module:attribute")
-        target = getattr(importlib.import_module(module_name), attr)
+        target = import_setting("worker.rules", path)
         if callable(target) and not isinstance(target, Rule):
             target = target(config)
         if isinstance(target, Rule):
