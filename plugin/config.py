@@ -415,9 +415,10 @@ def env_name(section: str, key: str) -> str:
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> list[str]:
     """Fold ONRECORD_* variables into `raw`; return errors for unknown or malformed ones."""
     errors: list[str] = []
+    secret_files = {env_name(section, key) + "_FILE" for section, key in SECRET_KEYS}
     for name, value in sorted(env.items()):
-        if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG or name.endswith("_FILE"):
-            continue
+        if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG or name in secret_files:
+            continue  # secrets' _FILE pointers are read by _read_secrets
         parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         if tuple(parts) in SECRET_KEYS:
             continue  # read by _read_secrets

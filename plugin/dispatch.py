@@ -150,41 +150,44 @@ class Dispatcher:
         return result
 
     def _claim(self, now: datetime) -> list[Any]:
-        due_alias = outbox.alias("due")
-        same_record = (
-            sa.select(due_alias.c.id)
-            .where(
-                due_alias.c.status == "pending",
-                due_alias.c.next_attempt_at <= now,
-                due_alias.c.target == outbox.c.target,
-                due_alias.c.object == outbox.c.object,
-                due_alias.c.record_key == outbox.c.record_key,
-            )
-            .exists()
-        )
         with begin_write(self.engine) as conn:
-            # Rows in backoff ride along with a newer due row of the same record, so an old
-            # value can never be sent after a new one.
-            ids = list(
+            due = list(
                 conn.execute(
-                    sa.select(outbox.c.id)
-                    .where(outbox.c.status == "pending", same_record)
+                    sa.select(outbox)
+                    .where(outbox.c.status == "pending", outbox.c.next_attempt_at <= now)
                     .order_by(outbox.c.id)
                     .limit(self.claim_size)
-                ).scalars()
+                )
             )
-            if not ids:
+            if not due:
                 return []
-            conn.execute(
-                outbox.update()
-                .where(outbox.c.id.in_(ids))
-                .values(lease_owner=self.owner, lease_until=now + self.lease)
-            )
-            return list(
+            # Rows in backoff ride along with a newer due row of the same record, so an old
+            # value can never be sent after a new one.
+            records = {(r.target, r.object, r.record_key) for r in due}
+            waiting: list[Any] = []
+            keys = sorted({r.record_key for r in due})
+            for i in range(0, len(keys), 500):
+                waiting += [
+                    r
+                    for r in conn.execute(
+                        sa.select(outbox).where(
+                            outbox.c.status == "pending",
+                            outbox.c.next_attempt_at > now,
+                            outbox.c.object.in_({r.object for r in due}),
+                            outbox.c.record_key.in_(keys[i : i + 500]),
+                        )
+                    )
+                    if (r.target, r.object, r.record_key) in records
+                ]
+            rows = due + waiting
+            ids = [r.id for r in rows]
+            for i in range(0, len(ids), 500):
                 conn.execute(
-                    sa.select(outbox).where(outbox.c.id.in_(ids)).order_by(outbox.c.occurred_at, outbox.c.id)
-                ).all()
-            )
+                    outbox.update()
+                    .where(outbox.c.id.in_(ids[i : i + 500]))
+                    .values(lease_owner=self.owner, lease_until=now + self.lease)
+                )
+        return sorted(rows, key=lambda r: (r.occurred_at, r.id))
 
     def _send(self, batch: list[_Pending]) -> DispatchResult:
         first = batch[0]

@@ -142,3 +142,8 @@ def test_example_config_documents_every_key_with_its_default() -> None:
             assert f"\n{name} = " in text, f"{name} is not in {EXAMPLE.name}"
     for section, key in SECRET_KEYS:
         assert f"SECRET {section}.{key}" in text
+
+
+def test_a_key_whose_name_ends_in_file_is_not_mistaken_for_a_secret_pointer() -> None:
+    cfg = load_config(env={"ONRECORD_SALESFORCE__PRIVATE_KEY_FILE": "/etc/onrecord/sf.pem"})
+    assert cfg.salesforce.private_key_file == "/etc/onrecord/sf.pem"
