@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response
 
+from connectors.salesforce.changes import take_in
 from connectors.salesforce.ids import is_salesforce_id, same_id
 from plugin import signatures
 from plugin.events import Event
@@ -65,24 +66,18 @@ def parse(incoming: Incoming, sender: str) -> Parsed:
         items, delivery_ids = [body], [webhook_id]
     rt = runtime()
     org_id = rt.config.salesforce.org_id
-    own_user = rt.config.salesforce.integration_user_id
-    governed = {g.object for g in rt.config.governed}
-    events: list[Event] = []
+    handled: list[Event] = []
     ignored: dict[str, int] = {}
     for position, (item, delivery_id) in enumerate(zip(items, delivery_ids, strict=True)):
         where = f"events[{position}]" if "events" in body else "event"
         event = _event(item, where, delivery_id, sender, incoming.digest)
         if org_id and not same_id(event.data["org_id"], org_id):
             raise Rejected(403, "wrong_org", f"{where}.org_id is not the configured organisation")
-        if event.kind not in HANDLED_TYPES:
-            ignored["unhandled_type"] = ignored.get("unhandled_type", 0) + 1
-        elif event.object not in governed:
-            ignored["not_governed"] = ignored.get("not_governed", 0) + 1
-        elif own_user and event.actor and same_id(event.actor, own_user):
-            ignored["own_change"] = ignored.get("own_change", 0) + 1  # never loop on our own writes
+        if event.kind in HANDLED_TYPES:
+            handled.append(event)
         else:
-            events.append(event)
-    return Parsed(events=events, ignored=ignored)
+            ignored["unhandled_type"] = ignored.get("unhandled_type", 0) + 1
+    return Parsed(events=take_in(handled, rt.config, ignored), ignored=ignored)
 
 
 def _event(item: Any, where: str, delivery_id: str, sender: str, digest: str) -> Event:

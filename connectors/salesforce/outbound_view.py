@@ -21,7 +21,7 @@ from flask import Blueprint, Response
 from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException
 
-from connectors.salesforce.ids import same_id
+from connectors.salesforce.changes import take_in
 from connectors.salesforce.outbound import (
     SOURCE,
     OutboundRejected,
@@ -35,7 +35,6 @@ from connectors.salesforce.outbound import (
 )
 from plugin import metrics
 from plugin.config import SalesforceConfig
-from plugin.events import Event
 from plugin.inbox import StoreResult
 from plugin.receive import Incoming, Parsed, Rejected, Source, receive
 from plugin.runtime import runtime
@@ -144,18 +143,9 @@ def parse(incoming: Incoming, sender: str) -> Parsed:
         raise Rejected(500, "wsdl_error", str(exc)) from exc
     if msg.organization_id != _configured_org(config.salesforce):
         raise Rejected(403, "wrong_org", "OrganizationId is not the configured organization")
-    governed = {g.object for g in config.governed}
-    own_user = config.salesforce.integration_user_id
-    events: list[Event] = []
     ignored: dict[str, int] = {}
-    for event in to_events(msg, raw_digest=incoming.digest, sender=f"{msg.organization_id} {sender}"):
-        if event.object not in governed:
-            ignored["not_governed"] = ignored.get("not_governed", 0) + 1
-        elif own_user and event.actor and same_id(event.actor, own_user):
-            ignored["own_change"] = ignored.get("own_change", 0) + 1  # never loop on our own writes
-        else:
-            events.append(event)
-    return Parsed(events=events, ignored=ignored)
+    received = to_events(msg, raw_digest=incoming.digest, sender=f"{msg.organization_id} {sender}")
+    return Parsed(events=take_in(received, config, ignored), ignored=ignored)
 
 
 def acknowledge(result: StoreResult, parsed: Parsed) -> Response:

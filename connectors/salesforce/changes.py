@@ -1,0 +1,31 @@
+"""Which Salesforce record changes OnRecord takes in, whichever way they arrived."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from connectors.salesforce.ids import same_id
+from plugin.config import Config
+from plugin.events import Event
+
+
+def why_ignored(event: Event, config: Config) -> str | None:
+    """The reason a change is acknowledged and ignored, or None to take it in."""
+    if event.object not in {g.object for g in config.governed}:
+        return "not_governed"
+    own_user = config.salesforce.integration_user_id
+    if own_user and event.actor and same_id(event.actor, own_user):
+        return "own_change"  # OnRecord's own write-back: never loop on it
+    return None
+
+
+def take_in(events: Iterable[Event], config: Config, ignored: dict[str, int]) -> list[Event]:
+    """The events to store; counts the others in `ignored` by reason."""
+    kept: list[Event] = []
+    for event in events:
+        reason = why_ignored(event, config)
+        if reason is None:
+            kept.append(event)
+        else:
+            ignored[reason] = ignored.get(reason, 0) + 1
+    return kept
