@@ -170,8 +170,6 @@ def main() -> int:
         "--no-control-socket",
         "--log-level",
         "warning",
-        "--config",
-        "python:bench.gunicorn_bare",
     ]
     # (a) the bare endpoint
     port = free_port()

@@ -130,15 +130,6 @@ def _wait_for(path: Path, children: Children, timeout: float = 30) -> None:
         time.sleep(0.02)
 
 
-# Hand the GIL over every 0.5 ms instead of 5 ms: a request thread woken by its commit, or the
-# committer woken by the write lock, otherwise waits up to 5 ms behind busy request threads.
-SWITCH_INTERVAL_SECONDS = 0.0005
-
-
-def _post_worker_init(worker: Any) -> None:
-    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-
-
 def _child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
@@ -163,7 +154,6 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
             "graceful_timeout": 30,
             "keepalive": 5,
             "child_exit": _child_exit,
-            "post_worker_init": _post_worker_init,
             "accesslog": None,
             "proc_name": "onrecord",
             # One shared control socket per user would clash between instances; nothing uses it.
