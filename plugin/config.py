@@ -356,8 +356,11 @@ SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
         ("provenance", "key_passphrase"),
     }
 )
-# Secrets that may stay unset (init generates none for them).
-OPTIONAL_SECRETS: frozenset[tuple[str, str]] = frozenset({("provenance", "key_passphrase")})
+# Secrets init never generates: the passphrase is the admin's choice, and the connected app's
+# secret comes from Salesforce (a made-up one would only make the writer fail to log in).
+OPTIONAL_SECRETS: frozenset[tuple[str, str]] = frozenset(
+    {("provenance", "key_passphrase"), ("salesforce", "client_secret")}
+)
 
 
 def import_setting(setting: str, path: str) -> Any:

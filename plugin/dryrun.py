@@ -74,7 +74,7 @@ class DryRunWriter:
         return [RecordResult(ok=True, crm_id=r.record_key) for r in batch.records]
 
     def read_fields(self, object: str, record_id: str, fields: Sequence[str]) -> dict[str, Any] | None:
-        """The fields as the dry run last recorded them."""
+        """The fields as the dry run last recorded them (those it never wrote are left out)."""
         with self._engine.connect() as conn:
             stored = conn.execute(
                 sa.select(dryrun_records.c.fields).where(
@@ -83,7 +83,8 @@ class DryRunWriter:
             ).scalar()
         if stored is None:
             return None
-        return {f: stored.get(f) for f in fields}
+        # Only what OnRecord itself wrote is known here; the record's other fields are not.
+        return {f: stored[f] for f in fields if f in stored}
 
     def calls(self) -> list[dict[str, Any]]:
         """Every recorded call, oldest first (for `outbox`, tests and the demo)."""

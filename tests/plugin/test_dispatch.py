@@ -239,3 +239,13 @@ def test_a_dispatcher_that_lost_its_lease_mid_pass_stops_sending(engine: sa.Engi
     slow = SlowWriter()
     result = Dispatcher(engine, slow, owner="slow", lease_seconds=60).run_once(T0)
     assert len(slow.batches) == 1 and result.calls == 1  # it noticed and stopped after one call
+
+
+def test_dry_run_knows_only_the_fields_it_wrote(engine: sa.Engine) -> None:
+    # /api/verify compares live CRM values: the dry run must not claim a field it never saw is empty.
+    enqueue(engine, [("rec1", {"OnRecord_Channel__c": "Form"})])
+    writer = DryRunWriter(engine)
+    dispatcher(engine, writer).run_once(T0)
+    assert writer.read_fields("Opportunity", "rec1", ["Amount", "OnRecord_Channel__c"]) == {
+        "OnRecord_Channel__c": "Form"
+    }
