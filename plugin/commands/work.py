@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -67,10 +68,14 @@ def run(args: argparse.Namespace, config: Config) -> int:
     def orphaned() -> bool:
         return parent is not None and os.getppid() != parent
 
+    follow_keys = KeyFollower(config, worker)
+
+    def rules_pass() -> int:
+        follow_keys.check()
+        return worker.run_once().done
+
     threads = [
-        threading.Thread(
-            target=_loop, args=("rules", lambda: worker.run_once().done, stop, interval), daemon=True
-        ),
+        threading.Thread(target=_loop, args=("rules", rules_pass, stop, interval), daemon=True),
         threading.Thread(
             target=_loop, args=("dispatch", lambda: dispatcher.run_once().calls, stop, interval), daemon=True
         ),
@@ -89,6 +94,48 @@ def run(args: argparse.Namespace, config: Config) -> int:
         t.join(timeout=30)
     log.info("worker stopped")
     return 0
+
+
+class KeyFollower:
+    """Rebuilds the rules when `keys rotate` made another signing key active.
+
+    The provenance rule holds its key (that keeps it a pure function); rotation deletes the old
+    private key, so a worker must not go on signing with the copy it has in memory.
+    """
+
+    CHECK_EVERY_SECONDS = 2.0
+
+    def __init__(self, config: Config, worker: Worker) -> None:
+        self.config = config
+        self.worker = worker
+        self._next_check = 0.0
+        self._kid = self._active_kid()
+
+    def _active_kid(self) -> str | None:
+        if not self.config.governed:
+            return None
+        from plugin.provenance.keys import KeyStoreError
+        from plugin.provenance.rule import key_store
+
+        try:
+            kid: str = key_store(self.config).index()["active"]
+        except (KeyStoreError, KeyError):
+            return None
+        return kid
+
+    def check(self, force: bool = False) -> bool:
+        """Reload the rules if the active key changed; whether it did."""
+        now = time.monotonic()
+        if not force and now < self._next_check:
+            return False
+        self._next_check = now + self.CHECK_EVERY_SECONDS
+        kid = self._active_kid()
+        if kid == self._kid:
+            return False
+        self.worker.rules = load_rules(self.config)
+        self._kid = kid
+        log.info("signing key rotated; rules reloaded", extra={"kid": kid})
+        return True
 
 
 def _loop(name: str, step: Callable[[], Any], stop: threading.Event, interval: float) -> None:
