@@ -48,6 +48,21 @@ def run(args: argparse.Namespace, config: Config) -> int:
 _MARK = {True: "ok  ", None: "off ", False: "FAIL"}
 
 
+def _wsdls(config: Config) -> tuple[bool | None, str]:
+    """The outbound message WSDLs load (a broken one makes every message a server fault)."""
+    from connectors.salesforce.outbound import OutboundWsdlError, preload_wsdls
+    from connectors.salesforce.outbound_view import wsdl_paths
+
+    paths = wsdl_paths(tuple(config.salesforce.outbound_wsdls))
+    if not paths:
+        return None, "outbound message WSDLs: none (fields of outbound messages arrive as text)"
+    try:
+        objects = preload_wsdls(paths)
+    except OutboundWsdlError as exc:
+        return False, f"outbound message WSDLs: {exc}"
+    return True, f"outbound message WSDLs: {len(paths)} file(s), typing {', '.join(objects) or 'no object'}"
+
+
 def _sources(config: Config) -> list[tuple[bool | None, str]]:
     """Which senders can reach OnRecord; an unconfigured one refuses everything (fail closed)."""
     sf, pa, api = config.salesforce, config.power_automate, config.api
@@ -63,6 +78,7 @@ def _sources(config: Config) -> list[tuple[bool | None, str]]:
 
     secret("salesforce", "events_secret", "POST /hooks/salesforce/events", sf.events_secret)
     secret("salesforce", "outbound_token", "POST /hooks/salesforce/outbound", sf.outbound_token)
+    lines.append(_wsdls(config))
     if sf.outbound_token and not sf.org_id:
         lines.append(
             (None, "POST /hooks/salesforce/outbound: salesforce.org_id is not set, so it refuses all")

@@ -181,3 +181,17 @@ def test_init_writes_a_starter_config_that_governs_opportunity(tmp_path: Path) -
     )
     assert check.returncode == 0, check.stdout
     assert "ok   governed objects: Opportunity" in check.stdout
+
+
+def test_check_names_a_broken_outbound_wsdl(tmp_path: Path, sqlite_url: str) -> None:
+    broken = tmp_path / "broken.wsdl"
+    broken.write_text("<definitions>not a wsdl")
+    good = ROOT / "connectors" / "salesforce" / "fixtures" / "opportunity_outbound.wsdl"
+    env = env_for(tmp_path, sqlite_url, ONRECORD_SALESFORCE__OUTBOUND_WSDLS=f'["{good}"]')
+    cli(env, "init")
+    ok = cli(env, "check")
+    assert "ok   outbound message WSDLs: 1 file(s), typing Opportunity" in ok.stdout
+    env["ONRECORD_SALESFORCE__OUTBOUND_WSDLS"] = f'["{good}", "{broken}"]'
+    failed = cli(env, "check")
+    assert failed.returncode == 1 and "FAIL outbound message WSDLs:" in failed.stdout
+    assert "broken.wsdl" in failed.stdout
