@@ -28,7 +28,7 @@ from lxml import etree
 
 from connectors.salesforce.auth import jwt_audience
 from connectors.salesforce.ids import is_salesforce_id, to_18
-from plugin.config import Config, GovernedObject
+from plugin.config import Config, GovernedObject, ProvenanceConfig
 
 NS = "http://soap.sforce.com/2006/04/metadata"
 LEADER_SIGNAL = "OnRecord_Leader_Signal__c"
@@ -147,11 +147,13 @@ def _key_field(description: str) -> FieldDef:
     )
 
 
-def governed_fields() -> list[FieldDef]:
-    """The provenance and approval fields OnRecord writes on each governed object."""
+def governed_fields(names: ProvenanceConfig | None = None) -> list[FieldDef]:
+    """The provenance and approval fields OnRecord writes on each governed object (the provenance
+    ones under the API names configured in [provenance], so the package and the writes agree)."""
+    names = names or ProvenanceConfig()
     return [
         FieldDef(
-            "OnRecord_Channel__c",
+            names.channel_field,
             {
                 "description": "How the governed values were recorded.",
                 "label": "OnRecord Channel",
@@ -160,22 +162,22 @@ def governed_fields() -> list[FieldDef]:
             CHANNELS,
         ),
         _text_field(
-            "OnRecord_Source__c",
+            names.source_field,
             "OnRecord Source",
             255,
             "The form response or flow run the values came from.",
         ),
         FieldDef(
-            "OnRecord_Recorded_At__c",
+            names.recorded_at_field,
             {
                 "description": "When OnRecord recorded the values.",
                 "label": "OnRecord Recorded At",
                 "type": "DateTime",
             },
         ),
-        _text_field("OnRecord_Digest__c", "OnRecord Digest", 100, "SHA-256 digest of the recorded values."),
+        _text_field(names.digest_field, "OnRecord Digest", 100, "SHA-256 digest of the recorded values."),
         _long_text(
-            "OnRecord_Signature__c", "OnRecord Signature", "OnRecord's signature over the digest (Ed25519)."
+            names.signature_field, "OnRecord Signature", "OnRecord's signature over the digest (Ed25519)."
         ),
         FieldDef(
             "OnRecord_Approval__c",
@@ -390,7 +392,7 @@ def build_package(config: Config) -> dict[str, bytes]:
         if governed.object in (LEADER_SIGNAL, VIOLATION):
             raise PackageError(f"governed: {governed.object} is OnRecord's own object, not one it governs")
         obj = _el("CustomObject")
-        fields = governed_fields()
+        fields = governed_fields(config.provenance)
         obj.extend(f.element() for f in fields)
         if governed.approval_field:
             obj.append(approval_rule(governed, own_user))

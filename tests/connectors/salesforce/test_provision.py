@@ -133,6 +133,22 @@ def test_each_governed_object_gets_the_onrecord_fields(config: Config) -> None:
         assert fields["OnRecord_Approval__c"].findtext(f"{MD}valueSet/{MD}restricted") == "true"
 
 
+def test_provenance_fields_follow_their_configured_api_names(tmp_path: Path) -> None:
+    config = make_config(
+        f"sqlite:///{tmp_path}/onrecord.db",
+        tmp_path,
+        **{
+            "governed": GOVERNED,
+            "salesforce.integration_user_id": INTEGRATION_USER,
+            "provenance.channel_field": "Acme_Channel__c",
+            "provenance.signature_field": "Acme_Signature__c",
+        },
+    )
+    fields = fields_of(parse(build_package(config)["objects/Opportunity.object"]))
+    assert {"Acme_Channel__c", "Acme_Signature__c", "OnRecord_Source__c"} <= set(fields)
+    assert "OnRecord_Channel__c" not in fields and "OnRecord_Signature__c" not in fields
+
+
 def test_leader_signal_object_is_keyed_by_leader_and_period(config: Config) -> None:
     obj = parse(build_package(config)["objects/OnRecord_Leader_Signal__c.object"])
     fields = fields_of(obj)
