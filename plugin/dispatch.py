@@ -209,6 +209,7 @@ class Dispatcher:
             log.warning("CRM writes paused", extra={"reason": "crm_paused", "detail": str(exc)})
             self._postpone(batch, datetime.now(UTC) + PAUSE_RETRY)
             metrics.CRM_CALLS.labels(name, first.object, "paused").inc()
+            self._report_budget(paused=True)
             return DispatchResult(0, 0, len(batch), 0)
         except CrmError as exc:
             log.warning(
@@ -223,6 +224,7 @@ class Dispatcher:
             results = [RecordResult(ok=False, retryable=exc.retryable, error=str(exc)) for _ in batch]
             outcome = "error"
         metrics.CRM_CALLS.labels(name, first.object, outcome).inc()
+        self._report_budget(paused=False)
         if outcome == "ok":
             metrics.CRM_RECORDS_PER_CALL.labels(name).observe(len(batch))
         now = datetime.now(UTC)
@@ -234,6 +236,15 @@ class Dispatcher:
             if count:
                 metrics.CRM_RECORDS.labels(name, label).inc(count)
         return DispatchResult(1, sent, retried, dead)
+
+    def _report_budget(self, *, paused: bool) -> None:
+        """The org's API budget as the writer last read it, for /metrics."""
+        metrics.CRM_PAUSED.set(1 if paused else 0)
+        usage = getattr(self.writer, "api_usage", None)
+        reading = usage() if callable(usage) else None
+        if reading:
+            metrics.CRM_API_USED.set(reading[0])
+            metrics.CRM_API_LIMIT.set(reading[1])
 
     def _record(self, per_row: list[tuple[int, int, RecordResult]], now: datetime) -> tuple[int, int, int]:
         sent_ids = [row_id for row_id, _, r in per_row if r.ok]

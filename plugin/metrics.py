@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
@@ -28,6 +28,20 @@ CRM_RECORDS_PER_CALL = Histogram(
     "Records sent per CRM call",
     ["writer"],
     buckets=(1, 5, 10, 25, 50, 100, 150, 200),
+)
+# Set by the dispatcher (the process that talks to the CRM); the most recent value wins.
+CRM_API_USED = Gauge(
+    "onrecord_crm_api_used",
+    "The org's API calls used today (Sforce-Limit-Info)",
+    multiprocess_mode="mostrecent",
+)
+CRM_API_LIMIT = Gauge(
+    "onrecord_crm_api_limit", "The org's daily API call limit", multiprocess_mode="mostrecent"
+)
+CRM_PAUSED = Gauge(
+    "onrecord_crm_writes_paused",
+    "1 while writes are paused to spare the org's API budget",
+    multiprocess_mode="mostrecent",
 )
 CRM_RECORDS = Counter("onrecord_crm_records_total", "Records written, by result", ["writer", "result"])
 

@@ -249,3 +249,21 @@ def test_dry_run_knows_only_the_fields_it_wrote(engine: sa.Engine) -> None:
     assert writer.read_fields("Opportunity", "rec1", ["Amount", "OnRecord_Channel__c"]) == {
         "OnRecord_Channel__c": "Form"
     }
+
+
+def test_the_api_budget_and_a_pause_show_in_the_metrics(engine: sa.Engine) -> None:
+    from prometheus_client import REGISTRY
+
+    class BudgetWriter(ScriptedWriter):
+        def api_usage(self) -> tuple[int, int]:
+            return 8500, 10000
+
+    writer = BudgetWriter()
+    writer.raise_next.append(CrmPaused("API budget: 85% of daily limit used (8500/10000)"))
+    enqueue(engine, [("rec1", {"Amount": 1})])
+    dispatcher(engine, writer).run_once(T0)
+    assert REGISTRY.get_sample_value("onrecord_crm_writes_paused") == 1
+    assert REGISTRY.get_sample_value("onrecord_crm_api_used") == 8500
+    assert REGISTRY.get_sample_value("onrecord_crm_api_limit") == 10000
+    dispatcher(engine, writer).run_once(datetime.now(UTC) + timedelta(minutes=5))
+    assert REGISTRY.get_sample_value("onrecord_crm_writes_paused") == 0
