@@ -41,25 +41,6 @@ from tests.connectors.salesforce.outbound_messages import (  # noqa: E402
 )
 from tests.support.processes import Server, onrecord_env  # noqa: E402
 
-
-class BenchServer(Server):
-    """Server, patient with a loaded machine: a slow first answer is not a failed start."""
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        import requests
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.output()}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:
-                time.sleep(0.2)
-        raise RuntimeError(f"server did not start:\n{self.output()}")
-
-
 TOKEN = "bench-outbound-token-0123456789abcdef"
 SECRET = "whsec_" + "QmVuY2htYXJrIHNlY3JldCBvZiAzMiBieXRlcyEhISE="
 
@@ -138,7 +119,7 @@ def outbound(args: argparse.Namespace, work: Path) -> dict[str, float]:
         ONRECORD_SERVER__THREADS=args.threads,
         ONRECORD_LOGGING__LEVEL="ERROR",
     )
-    server = BenchServer(env, work / "serve.log")
+    server = Server(env, work / "serve.log")
     try:
         send_all(server.url, warmup, args.concurrency)  # every gunicorn worker loaded and warm
         elapsed, notifications = send_all(server.url, bodies, args.concurrency)

@@ -5,7 +5,6 @@ at the emulator, and not one write lost or doubled."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,22 +32,6 @@ from tests.support.processes import Process, Server, onrecord_env, wait_for
 pytestmark = pytest.mark.slow
 
 TOKEN = "e2e-outbound-token-0123456789abcdef"
-
-
-class PatientServer(Server):
-    """Server, patient with a loaded machine: a first answer slower than 1 s is not a failure."""
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.output()}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:
-                time.sleep(0.2)
-        raise RuntimeError(f"server did not start:\n{self.output()}")
 
 
 RECORDS = 200
@@ -117,7 +100,7 @@ def test_outbound_messages_reach_salesforce_through_collections_despite_faults(
 ) -> None:
     ids = [emu.insert_record("Opportunity", {"Name": f"Deal {i}"}) for i in range(RECORDS)]
     env = environment(emu, keypair, sqlite_url, tmp_path)
-    server = PatientServer(env, tmp_path / "serve.log")
+    server = Server(env, tmp_path / "serve.log")
     worker = Process(["worker"], env, tmp_path / "worker.log")
     engine = get_engine(sqlite_url)
 

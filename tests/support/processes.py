@@ -100,7 +100,7 @@ class Server(Process):
         super().__init__(args, {**env, "PORT": str(self.port)}, log)
         self.wait_ready()
 
-    def wait_ready(self, timeout: float = 30) -> None:
+    def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
