@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import subprocess
@@ -70,7 +71,9 @@ def run_inbox_writer(args: argparse.Namespace, config: Config) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    InboxWriter(database, args.socket, parent_pid=args.parent_pid).serve(stop)
+    writer = InboxWriter(database, args.socket, parent_pid=args.parent_pid)
+    gc.freeze()  # every commit waits on this process: no full collection should walk the imports
+    writer.serve(stop)
     return 0
 
 
@@ -130,6 +133,12 @@ def _wait_for(path: Path, children: Children, timeout: float = 30) -> None:
         time.sleep(0.02)
 
 
+def _freeze_heap(worker: Any) -> None:
+    # The app's long-lived objects (Flask, SQLAlchemy, zeep's WSDL schemas, pydantic models) go to
+    # the permanent generation: full collections no longer walk them, pausing every request.
+    gc.freeze()
+
+
 def _child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
@@ -154,6 +163,7 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
             "graceful_timeout": 30,
             "keepalive": 5,
             "child_exit": _child_exit,
+            "post_worker_init": _freeze_heap,
             "accesslog": None,
             "proc_name": "onrecord",
             # One shared control socket per user would clash between instances; nothing uses it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     """Loop until SIGTERM/SIGINT (or, with --once, until there is nothing left to do)."""
     logs.configure(config)
     worker, dispatcher, jobs = build(config)
+    gc.freeze()  # long-lived objects out of the collector's way (see serve's _freeze_heap)
     if args.once:
         jobs.run_due(datetime.now(UTC))
         while worker.run_once().done or dispatcher.run_once().calls:
