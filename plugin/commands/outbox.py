@@ -100,6 +100,39 @@ def _list(engine: sa.Engine, as_json: bool) -> int:
     return 0
 
 
+def _requeue(conn: sa.Connection, row: Any, now: datetime) -> int:
+    """Requeue one dead write without the fields a newer write to the record has set since:
+    retrying an old value must never overwrite a newer one in the CRM."""
+    newer = conn.execute(
+        sa.select(outbox.c.payload).where(
+            outbox.c.target == row.target,
+            outbox.c.object == row.object,
+            outbox.c.record_key == row.record_key,
+            outbox.c.status.in_(("pending", "sent")),
+            outbox.c.occurred_at > row.occurred_at,
+        )
+    ).scalars()
+    superseded = {name for payload in newer for name in payload}
+    keep = {k: v for k, v in row.payload.items() if k not in superseded}
+    label = f"write:{row.id} {row.object}/{row.record_key}"
+    if row.target == "crm" and not keep:
+        print(
+            f"{label} stays dead: every field of it was written again since ({', '.join(sorted(superseded))})"
+        )
+        return 0
+    if row.target == "crm" and len(keep) < len(row.payload):
+        dropped = sorted(set(row.payload) - set(keep))
+        print(f"{label}: not resending {', '.join(dropped)}, written again since")
+    else:
+        keep = dict(row.payload)
+    conn.execute(
+        outbox.update()
+        .where(outbox.c.id == row.id)
+        .values(status="pending", attempts=0, next_attempt_at=now, payload=keep)
+    )
+    return 1
+
+
 def _retry(engine: sa.Engine, ids: list[str], everything: bool) -> int:
     if not ids and not everything:
         print("name the dead letters to retry (write:N, event:N) or pass --all")
@@ -114,15 +147,16 @@ def _retry(engine: sa.Engine, ids: list[str], everything: bool) -> int:
         (event_ids if kind == "event" else write_ids).append(int(number))
     now = datetime.now(UTC)
     with begin_write(engine) as conn:
-        w = outbox.update().where(outbox.c.status == "dead")
+        dead = sa.select(outbox).where(outbox.c.status == "dead")
         e = inbox.update().where(inbox.c.status == "parked")
         if not everything:
-            w = w.where(outbox.c.id.in_(write_ids))
+            dead = dead.where(outbox.c.id.in_(write_ids))
             e = e.where(inbox.c.id.in_(event_ids))
-        writes = conn.execute(w.values(status="pending", attempts=0, next_attempt_at=now)).rowcount
+        found = list(conn.execute(dead))
+        writes = sum(_requeue(conn, row, now) for row in found)
         events = conn.execute(e.values(status="pending")).rowcount
     print(f"requeued {writes} write(s) and {events} event(s)")
-    missing = len(write_ids) + len(event_ids) - writes - events
+    missing = len(write_ids) + len(event_ids) - len(found) - events
     if not everything and missing:
         print(f"{missing} of the named ids were not dead letters")
         return 1

@@ -7,7 +7,7 @@ import os
 import stat
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -195,3 +195,40 @@ def test_check_names_a_broken_outbound_wsdl(tmp_path: Path, sqlite_url: str) -> 
     failed = cli(env, "check")
     assert failed.returncode == 1 and "FAIL outbound message WSDLs:" in failed.stdout
     assert "broken.wsdl" in failed.stdout
+
+
+def test_retrying_a_dead_write_never_resends_a_field_written_again_since(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    engine = get_engine(sqlite_url)
+    migrate.upgrade(engine)
+    t0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+    base = {
+        "target": "crm",
+        "object": "Opportunity",
+        "record_key": "r1",
+        "operation": "update",
+        "next_attempt_at": t0,
+        "created_at": t0,
+        "attempts": 8,
+        "last_error": "UNABLE_TO_LOCK_ROW",
+    }
+    with begin_write(engine) as conn:
+        conn.execute(outbox.insert(), [
+            {**base, "payload": {"Amount": 1, "StageName": "A"}, "occurred_at": t0, "status": "dead"},
+            {**base, "payload": {"Amount": 5}, "occurred_at": t0, "status": "dead", "record_key": "r2"},
+            {**base, "payload": {"Amount": 2}, "occurred_at": t0 + timedelta(minutes=1), "status": "sent"},
+            {**base, "payload": {"Amount": 6}, "occurred_at": t0 + timedelta(minutes=1), "status": "sent",
+             "record_key": "r2"},
+        ])  # fmt: skip
+    result = cli(env_for(tmp_path, sqlite_url), "deadletters", "retry", "--all")
+    assert result.returncode == 0, result.stdout
+    assert "write:1 Opportunity/r1: not resending Amount, written again since" in result.stdout
+    assert (
+        "write:2 Opportunity/r2 stays dead: every field of it was written again since (Amount)"
+        in result.stdout
+    )
+    with engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(sa.select(outbox))}
+    assert (rows[1].status, rows[1].payload) == ("pending", {"StageName": "A"})
+    assert rows[2].status == "dead"
