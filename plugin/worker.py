@@ -314,30 +314,33 @@ def _mark(conn: sa.Connection, ids: list[int], status: str, now: datetime) -> No
 
 
 def _write_row(write: CrmWrite, event: Event, now: datetime) -> dict[str, Any]:
+    by_id = write.record_id is not None
     return {
+        **_new_outbox_row(event, now),
         "target": "crm",
         "object": write.object,
-        "record_key": write.record_id if write.record_id is not None else write.external_id,
-        "operation": "update" if write.record_id is not None else "upsert",
+        "record_key": write.record_id if by_id else write.external_id,
+        "operation": "update" if by_id else "upsert",
         "external_id_field": write.external_id_field,
         "payload": dict(write.fields),
-        "occurred_at": event.occurred_at,
-        "event_id": event.inbox_id,
-        "status": "pending",
-        "attempts": 0,
-        "next_attempt_at": now,
-        "created_at": now,
     }
 
 
 def _notification_row(note: Notification, event: Event, now: datetime) -> dict[str, Any]:
     return {
+        **_new_outbox_row(event, now),
         "target": "notification",
         "object": note.topic,
         "record_key": event.ordering_key,
         "operation": "notify",
         "external_id_field": None,
         "payload": dict(note.data),
+    }
+
+
+def _new_outbox_row(event: Event, now: datetime) -> dict[str, Any]:
+    """What every outbox row starts with: the event it came from, due now, never tried."""
+    return {
         "occurred_at": event.occurred_at,
         "event_id": event.inbox_id,
         "status": "pending",
