@@ -7,6 +7,7 @@ from flask import Blueprint, Response, jsonify
 
 from plugin import metrics
 from plugin.runtime import runtime
+from plugin.writers import writer_kind
 
 blueprint = Blueprint("ops", __name__)
 
@@ -29,10 +30,10 @@ def readyz() -> Response:
     except Exception as exc:  # any failure means not ready; say which
         checks["database"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"[:300]}
     try:
-        ok, why = rt.writer.ready()
+        ok, why = rt.writer.ready()  # building the writer can fail too (a bad key file): say so
     except Exception as exc:
         ok, why = False, f"{type(exc).__name__}: {exc}"[:300]
-    checks["crm"] = {"ok": ok, "detail": why, "writer": getattr(rt.writer, "name", "?") if ok else why}
+    checks["crm"] = {"ok": ok, "detail": why, "writer": writer_kind(rt.config)}
     ready = all(c["ok"] for c in checks.values())
     resp = jsonify({"ready": ready, "checks": checks})
     resp.status_code = 200 if ready else 503

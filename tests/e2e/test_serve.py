@@ -64,3 +64,20 @@ def test_readyz_reports_database_and_crm(server: Server) -> None:
     body = requests.get(server.url + "/readyz", timeout=10).json()
     assert body["ready"] is True
     assert body["checks"]["database"]["ok"] and "dry run" in body["checks"]["crm"]["detail"]
+
+
+def test_readyz_says_why_when_the_crm_writer_cannot_be_built(sqlite_url: str, tmp_path: Path) -> None:
+    from plugin.app import create_app
+    from tests.conftest import make_config
+
+    config = make_config(
+        sqlite_url,
+        tmp_path,
+        **{"crm.kind": "salesforce", "salesforce.client_id": "x", "salesforce.username": "u",
+           "salesforce.private_key_file": str(tmp_path / "missing.pem"), "salesforce.login_url": "https://127.0.0.1:9"},
+    )  # fmt: skip
+    resp = create_app(config).test_client().get("/readyz")
+    assert resp.status_code == 503
+    body = resp.get_json()
+    assert body["checks"]["crm"]["ok"] is False and body["checks"]["crm"]["writer"] == "salesforce"
+    assert body["checks"]["crm"]["detail"]
