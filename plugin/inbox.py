@@ -10,6 +10,7 @@ the error (and answers 503, so the sender retries).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -86,6 +87,22 @@ def event_row(event: Event, received_at: datetime) -> dict[str, Any]:
     }
 
 
+MAX_DELIVERY_ID = 255  # inbox.delivery_id
+
+
+def stored_delivery_id(delivery_id: str) -> str:
+    """The id as the inbox keeps it: itself if it fits the column, else a digest of it.
+
+    Stable, so a re-delivery still deduplicates; the part before the first ":" is kept so the
+    row still says what kind of delivery it was. Every source goes through here: one too-long id
+    must not fail the shared commit of every request that arrived with it.
+    """
+    if len(delivery_id) <= MAX_DELIVERY_ID:
+        return delivery_id
+    prefix = delivery_id.split(":", 1)[0][:64]
+    return f"{prefix}:sha256:{hashlib.sha256(delivery_id.encode()).hexdigest()}"
+
+
 def _sqlite_time(value: datetime) -> str:
     # SQLAlchemy's SQLite storage format for UtcDateTime: naive UTC with microseconds.
     if value.tzinfo is None:
@@ -100,14 +117,14 @@ def prepare_rows(dialect: str, events: Sequence[Event], received_at: datetime) -
     """
     unique: dict[tuple[str, str], Event] = {}
     for ev in events:
-        unique.setdefault((ev.source, ev.delivery_id), ev)
+        unique.setdefault((ev.source, stored_delivery_id(ev.delivery_id)), ev)
     if dialect != "sqlite":
-        return [event_row(ev, received_at) for ev in unique.values()]
+        return [event_row(ev, received_at) | {"delivery_id": d} for (_, d), ev in unique.items()]
     received = _sqlite_time(received_at)
     return [
         (
             ev.source,
-            ev.delivery_id,
+            delivery_id,
             ev.kind,
             ev.ordering_key,
             ev.object,
@@ -121,7 +138,7 @@ def prepare_rows(dialect: str, events: Sequence[Event], received_at: datetime) -
             "pending",
             0,
         )
-        for ev in unique.values()
+        for (_, delivery_id), ev in unique.items()
     ]
 
 

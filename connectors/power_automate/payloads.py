@@ -87,7 +87,6 @@ MAX_TEXT_CHARS: Final = 1000
 MAX_COMMENT_CHARS: Final = 10_000
 MAX_DETAILS_BYTES: Final = 16 * 1024
 MAX_DEPTH: Final = 6
-MAX_DELIVERY_ID_CHARS: Final = 255  # inbox.delivery_id
 
 # stage as sent -> (number, name)
 STAGES: Final[Mapping[object, tuple[int, str]]] = {
@@ -187,7 +186,7 @@ def parse_forms(raw: bytes, *, sender: str = "") -> Parsed:
         data["flow_run_id"] = flow_run_id
     event = Event(
         source=SOURCE_FORMS,
-        delivery_id=_delivery_id(f"form:{form_id}:{response_id}"),
+        delivery_id=f"form:{form_id}:{response_id}",  # the inbox digests it if it is too long
         kind="form.submitted",
         occurred_at=submitted_at,
         object=obj,
@@ -329,14 +328,6 @@ def parse_signals(raw: bytes, *, sender: str = "") -> Parsed:
         raw_digest=digest,
     )
     return Parsed(events=(event,))
-
-
-def _delivery_id(natural: str) -> str:
-    """The natural id if it fits the inbox's column, else a digest of it (still stable on retry)."""
-    if len(natural) <= MAX_DELIVERY_ID_CHARS:
-        return natural
-    prefix = natural.split(":", 1)[0]
-    return f"{prefix}:sha256:{hashlib.sha256(natural.encode()).hexdigest()}"
 
 
 # -- body ---------------------------------------------------------------------------------------

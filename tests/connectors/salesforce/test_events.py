@@ -51,7 +51,11 @@ def test_signed_event_is_stored_and_acknowledged(client: FlaskClient, config: Co
     assert (row.source, row.delivery_id, row.kind) == ("salesforce.events", "msg_one", "record.changed")
     assert (row.object, row.record_id, row.status) == ("Opportunity", record_id(1), "pending")
     assert row.data["fields"]["StageName"] == "Prospecting" and "attributes" not in row.data["fields"]
-    assert row.data["org_id"] == ORG_ID and row.sender == "webhook:msg_one" and len(row.raw_digest) == 64
+    assert (
+        row.data["org_id"] == ORG_ID
+        and row.sender == "salesforce.events_secret"
+        and len(row.raw_digest) == 64
+    )
 
 
 def test_duplicate_delivery_is_acknowledged_and_stored_once(client: FlaskClient, config: Config) -> None:
@@ -229,3 +233,18 @@ def test_objects_that_are_not_governed_are_acknowledged_and_ignored(
     resp = post(client, {"events": [change_event(1, object="Lead"), change_event(2)]})
     assert resp.status_code == 200 and resp.json == {"stored": 1, "duplicates": 0, "ignored": 1}
     assert [r.object for r in stored(config)] == ["Opportunity"]
+
+
+def test_a_batch_under_the_longest_webhook_id_is_stored_and_deduplicated(
+    client: FlaskClient, config: Config
+) -> None:
+    # webhook-id may be 255 characters; ":<position>" makes the delivery id longer than the column.
+    wid = "m" * 255
+    payload = {"events": [change_event(i) for i in range(12)]}
+    for _ in range(2):
+        resp = post(client, payload, webhook_id=wid)
+        assert resp.status_code == 200, resp.json
+    assert resp.json == {"stored": 0, "duplicates": 12, "ignored": 0}
+    rows = stored(config)
+    assert len(rows) == 12 and all(len(r.delivery_id) <= 255 for r in rows)
+    assert len({r.delivery_id for r in rows}) == 12
