@@ -64,7 +64,7 @@ def authenticate_api(authorization: str | None) -> str:
         return f"api_token:{match}"
     if entra is not None and token.count(".") == 2:  # a JWT: only Entra ID can vouch for it
         try:
-            return entra_verifier(entra).verify(authorization).sender
+            return entra_verifier(runtime(), entra).verify(authorization).sender
         except AuthRejected as exc:
             if exc.reason == "jwks_unavailable":
                 raise ApiAuthError(503, exc.reason, "the tenant's signing keys cannot be fetched") from exc

@@ -193,19 +193,21 @@ class SocketSink:
         return {(source, delivery_id) for source, delivery_id in reply["new"]}
 
     def _recv_frame(self) -> bytes:
-        header = self._recv_exactly(_HEADER.size)
-        (size,) = _HEADER.unpack(header)
-        return self._recv_exactly(size)
-
-    def _recv_exactly(self, size: int) -> bytes:
+        # A reply is small and arrives whole, so one recv call reads it: every socket call gives
+        # up the GIL, which the other request threads are queuing for.
         assert self._sock is not None
-        data = bytearray()
-        while len(data) < size:
-            chunk = self._sock.recv(size - len(data))
+        data = b""
+        while True:
+            chunk = self._sock.recv(65536)
             if not chunk:
                 raise ConnectionError("inbox writer closed the connection")
             data += chunk
-        return bytes(data)
+            if len(data) >= _HEADER.size:
+                end = _HEADER.size + _HEADER.unpack_from(data)[0]
+                if len(data) == end:
+                    return data[_HEADER.size :]
+                if len(data) > end:  # one request, one reply: anything more is out of step
+                    raise ConnectionError("inbox writer sent more than one reply")
 
     def close(self) -> None:
         """Drop the connection (the next write reconnects)."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import sys
 import uuid
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 from flask import Flask, Response, g, request
 from pythonjsonlogger.json import JsonFormatter
@@ -43,15 +45,38 @@ def configure(config: Config) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+_id_prefix = ""
+_id_counter = itertools.count(1)
+
+
+def _reset_request_ids() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = uuid.uuid4().hex[:16]
+    _id_counter = itertools.count(1)
+
+
+_reset_request_ids()
+os.register_at_fork(after_in_child=_reset_request_ids)  # gunicorn's workers are forks
+
+
+def _new_request_id() -> str:
+    # Unique per process (random prefix) and per request (counter), without a getrandom call on
+    # every request: that syscall gives up the GIL the other request threads are queuing for.
+    return f"{_id_prefix}{next(_id_counter):016x}"
+
+
+def bind_request_id(offered: str) -> tuple[str, Token[str]]:
+    """The request's id (the caller's X-Request-Id if it is sane), set for every log line."""
+    rid = offered if _SAFE_ID.match(offered) else _new_request_id()
+    return rid, request_id.set(rid)
+
+
 def init_app(app: Flask) -> None:
-    """Give every request an id (the caller's X-Request-Id if it is sane) and echo it back."""
+    """Give every Flask request an id and echo it back (HookRouter does the same for /hooks)."""
 
     @app.before_request
     def _assign() -> None:
-        incoming = request.headers.get("X-Request-Id", "")
-        rid = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
-        g.request_id = rid
-        request_id.set(rid)
+        g.request_id, _ = bind_request_id(request.headers.get("X-Request-Id", ""))
 
     @app.after_request
     def _echo(resp: Response) -> Response:

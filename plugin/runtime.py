@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from flask import current_app
 from sqlalchemy.engine import Engine
@@ -20,6 +21,8 @@ class Runtime:
     config: Config
     engine: Engine
     committer: GroupCommitter
+    # Per-app objects a connector builds once (e.g. the Entra ID verifiers with their key caches).
+    extensions: dict[str, Any] = field(default_factory=dict)
     _writer: CrmWriter | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

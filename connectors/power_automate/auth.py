@@ -9,10 +9,9 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-from flask import current_app
-
 from connectors.power_automate.entra import EntraSettings, EntraVerifier
 from plugin.config import Config
+from plugin.runtime import Runtime
 
 _EXTENSION = "power_automate.entra_verifiers"
 _lock = threading.Lock()
@@ -34,10 +33,10 @@ def entra_settings(config: Config, *, role: str = "") -> EntraSettings | None:
     return dataclasses.replace(settings, required_role=role) if role else settings
 
 
-def entra_verifier(settings: EntraSettings) -> EntraVerifier:
+def entra_verifier(rt: Runtime, settings: EntraSettings) -> EntraVerifier:
     """This app's verifier for `settings` (one key cache each)."""
     with _lock:
-        verifiers: dict[EntraSettings, EntraVerifier] = current_app.extensions.setdefault(_EXTENSION, {})
+        verifiers: dict[EntraSettings, EntraVerifier] = rt.extensions.setdefault(_EXTENSION, {})
         verifier = verifiers.get(settings)
         if verifier is None:
             verifier = verifiers[settings] = EntraVerifier(settings)

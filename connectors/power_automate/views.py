@@ -10,33 +10,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flask import Blueprint, Response
-
 from connectors.power_automate import payloads
 from connectors.power_automate.auth import entra_settings, entra_verifier
 from connectors.power_automate.entra import API_KEY_HEADER, ApiKeyVerifier, AuthRejected
-from plugin.receive import Incoming, Parsed, Rejected, Source, json_ack, json_refusal, receive
-from plugin.runtime import runtime
-
-blueprint = Blueprint("power_automate", __name__)
+from plugin.receive import Incoming, Parsed, Rejected, Reply, Source, json_ack, json_refusal
 
 PayloadParser = Callable[..., payloads.Parsed]
 
 
 def authenticate(incoming: Incoming) -> str:
     """The flow's identity: ``entra:<tenant>/<app id>`` or ``api_key:<n>``."""
-    config = runtime().config
+    config = incoming.runtime.config
     pa = config.power_automate
     entra = entra_settings(config) if "entra" in pa.auth_modes else None
     keys = pa.api_key if "api_key" in pa.auth_modes else []
     if entra is None and not keys:
         raise Rejected(503, "not_configured", "no authentication is configured for Power Automate")
-    headers = incoming.request.headers
+    headers = incoming.headers
     authorization = headers.get("Authorization")
     presents_bearer = authorization is not None and authorization.strip().lower().startswith("bearer ")
     try:
         if entra is not None and (presents_bearer or not keys or API_KEY_HEADER not in headers):
-            return entra_verifier(entra).verify(authorization).sender
+            return entra_verifier(incoming.runtime, entra).verify(authorization).sender
         return ApiKeyVerifier(keys).verify(headers.get(API_KEY_HEADER))
     except AuthRejected as exc:
         raise auth_refusal(exc) from exc
@@ -49,12 +44,13 @@ def auth_refusal(exc: AuthRejected) -> Rejected:
     return Rejected(401, exc.reason, exc.message)
 
 
-def refuse(exc: Rejected) -> Response:
+def refuse(exc: Rejected) -> Reply:
     """The JSON refusal, telling a 401's sender which scheme is expected."""
-    resp = json_refusal(exc)
+    reply = json_refusal(exc)
     if exc.status == 401:
-        resp.headers["WWW-Authenticate"] = 'Bearer realm="onrecord", error="invalid_token"'
-    return resp
+        challenge = ("WWW-Authenticate", 'Bearer realm="onrecord", error="invalid_token"')
+        return Reply(reply.status, reply.body, reply.content_type, (*reply.headers, challenge))
+    return reply
 
 
 def parser(parse_body: PayloadParser) -> Callable[[Incoming, str], Parsed]:
@@ -84,19 +80,11 @@ APPROVALS = _source(payloads.SOURCE_APPROVALS, payloads.parse_approvals)
 SIGNALS = _source(payloads.SOURCE_SIGNALS, payloads.parse_signals)
 
 
-@blueprint.post("/hooks/power-automate/forms")
-def forms() -> Response:
-    """A form submission, sent by the flow after "Get response details"."""
-    return receive(FORMS)
-
-
-@blueprint.post("/hooks/power-automate/approvals")
-def approvals() -> Response:
-    """One approval stage's decision: the body of "Start and wait for an approval"."""
-    return receive(APPROVALS)
-
-
-@blueprint.post("/hooks/power-automate/signals")
-def signals() -> Response:
-    """A leader signal born outside the CRM (training attended, ...)."""
-    return receive(SIGNALS)
+# What the flows' HTTP actions post: a form submission (after "Get response details"), one
+# approval stage's decision (the body of "Start and wait for an approval"), and a leader signal
+# born outside the CRM (training attended, ...).
+HOOKS = {
+    "/hooks/power-automate/forms": FORMS,
+    "/hooks/power-automate/approvals": APPROVALS,
+    "/hooks/power-automate/signals": SIGNALS,
+}

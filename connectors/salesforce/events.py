@@ -12,14 +12,11 @@ import re
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response
-
 from connectors.salesforce.changes import take_in
 from connectors.salesforce.ids import is_salesforce_id, same_id
 from plugin import signatures
 from plugin.events import Event
-from plugin.receive import Incoming, Parsed, Rejected, Source, json_ack, json_refusal, receive
-from plugin.runtime import runtime
+from plugin.receive import Incoming, Parsed, Rejected, Source, json_ack, json_refusal
 
 SOURCE = "salesforce.events"
 # Who sent it, as far as OnRecord can tell: whoever holds the events signing secret.
@@ -29,16 +26,14 @@ HANDLED_TYPES = frozenset({"record.changed"})
 _TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
 _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 
-blueprint = Blueprint("salesforce_events", __name__)
-
 
 def authenticate(incoming: Incoming) -> str:
     """Standard Webhooks signature over the raw body, with the configured secret(s)."""
-    cfg = runtime().config.salesforce
+    cfg = incoming.runtime.config.salesforce
     if not cfg.events_secret:
         raise Rejected(503, "not_configured", "no signing secret configured for this source")
     try:
-        headers = incoming.request.headers
+        headers = incoming.headers
         signatures.verify(
             cfg.events_secret,
             {name: headers.get(name, "") for name in signatures.HEADERS},
@@ -58,7 +53,7 @@ def parse(incoming: Incoming, sender: str) -> Parsed:
         raise Rejected(400, "not_json", "body is not JSON") from exc
     if not isinstance(body, dict):
         raise Rejected(400, "bad_shape", "body must be a JSON object")
-    webhook_id = incoming.request.headers["webhook-id"]  # present: authenticate checked it
+    webhook_id = incoming.headers["webhook-id"]  # present: authenticate checked it
     if "events" in body:
         items = body["events"]
         if not isinstance(items, list) or not 1 <= len(items) <= MAX_EVENTS:
@@ -66,7 +61,7 @@ def parse(incoming: Incoming, sender: str) -> Parsed:
         delivery_ids = [f"{webhook_id}:{i}" for i in range(len(items))]
     else:
         items, delivery_ids = [body], [webhook_id]
-    rt = runtime()
+    rt = incoming.runtime
     org_id = rt.config.salesforce.org_id
     handled: list[Event] = []
     ignored: dict[str, int] = {}
@@ -148,7 +143,4 @@ SALESFORCE_EVENTS = Source(
 )
 
 
-@blueprint.post("/hooks/salesforce/events")
-def salesforce_events() -> Response:
-    """Receive signed JSON events from Salesforce."""
-    return receive(SALESFORCE_EVENTS)
+HOOKS = {"/hooks/salesforce/events": SALESFORCE_EVENTS}

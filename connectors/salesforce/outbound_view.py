@@ -17,10 +17,6 @@ import logging
 import re
 from pathlib import Path
 
-from flask import Blueprint, Response
-from flask.blueprints import BlueprintSetupState
-from werkzeug.exceptions import HTTPException
-
 from connectors.salesforce.changes import take_in
 from connectors.salesforce.outbound import (
     SOURCE,
@@ -33,15 +29,11 @@ from connectors.salesforce.outbound import (
     preload_wsdls,
     to_events,
 )
-from plugin import metrics
-from plugin.config import SalesforceConfig
+from plugin.config import Config, SalesforceConfig
 from plugin.inbox import StoreResult
-from plugin.receive import Incoming, Parsed, Rejected, Source, receive
-from plugin.runtime import runtime
+from plugin.receive import Incoming, Parsed, Rejected, Reply, Source
 
 log = logging.getLogger(__name__)
-
-blueprint = Blueprint("salesforce_outbound", __name__)
 
 CONTENT_TYPE = "text/xml; charset=utf-8"
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -60,21 +52,15 @@ def wsdl_paths(patterns: tuple[str, ...]) -> tuple[Path, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def _preload(state: BlueprintSetupState) -> None:
+def preload(config: Config) -> None:
     """Load the WSDLs when the app is built (each gunicorn worker), not on the first message."""
-    rt = state.app.extensions.get("onrecord")
-    if rt is None:  # an app without OnRecord's runtime (a bare test app): nothing to load for
-        return
-    paths = wsdl_paths(tuple(rt.config.salesforce.outbound_wsdls))
+    paths = wsdl_paths(tuple(config.salesforce.outbound_wsdls))
     try:
         objects = preload_wsdls(paths)
     except OutboundWsdlError as exc:  # messages get a server fault (Salesforce retries) until fixed
         log.error("outbound message WSDL unusable", extra={"reason": "wsdl_error", "detail": str(exc)})
         return
     log.info("outbound message WSDLs loaded", extra={"objects": list(objects)})
-
-
-blueprint.record_once(_preload)
 
 
 def _configured_org(cfg: SalesforceConfig) -> str:
@@ -102,7 +88,7 @@ def _client_certificate(incoming: Incoming, cfg: SalesforceConfig) -> str:
             "not_configured",
             "salesforce.client_cert_header and salesforce.client_cert_fingerprints go together",
         )
-    presented = _fingerprint(incoming.request.headers.get(cfg.client_cert_header, ""))
+    presented = _fingerprint(incoming.headers.get(cfg.client_cert_header, ""))
     if not presented:
         raise Rejected(403, "no_client_cert", "no client certificate was presented")
     if not _SHA256_HEX.match(presented):
@@ -114,11 +100,11 @@ def _client_certificate(incoming: Incoming, cfg: SalesforceConfig) -> str:
 
 def authenticate(incoming: Incoming) -> str:
     """The URL token (and the client certificate, when configured); fails closed unconfigured."""
-    cfg = runtime().config.salesforce
+    cfg = incoming.runtime.config.salesforce
     if not cfg.outbound_token:
         raise Rejected(503, "not_configured", "no outbound token configured; every message is refused")
     _configured_org(cfg)
-    token = incoming.request.args.get("token", "")
+    token = incoming.query("token")
     if not token:
         raise Rejected(401, "missing_token", "the URL carries no token")
     if not hmac.compare_digest(token.encode(), cfg.outbound_token.encode()):
@@ -130,7 +116,7 @@ def authenticate(incoming: Incoming) -> str:
 
 def parse(incoming: Incoming, sender: str) -> Parsed:
     """Read the message (hardened), check its org, and keep what OnRecord governs."""
-    config = runtime().config
+    config = incoming.runtime.config
     try:
         msg = parse_outbound(
             incoming.body,
@@ -148,17 +134,18 @@ def parse(incoming: Incoming, sender: str) -> Parsed:
     return Parsed(events=take_in(received, config, ignored), ignored=ignored)
 
 
-def acknowledge(result: StoreResult, parsed: Parsed) -> Response:
+def acknowledge(result: StoreResult, parsed: Parsed) -> Reply:
     """`notificationsResponse` with Ack true: only once everything the message carried is stored."""
-    return Response(ack_response(), status=200, content_type=CONTENT_TYPE)
+    return Reply(200, ack_response(), CONTENT_TYPE)
 
 
-def refuse(exc: Rejected) -> Response:
-    """A SOAP 1.1 fault, whatever went wrong. A failed store answers 500 (SOAP 1.1's status for
-    a fault, and the issue's contract); Salesforce retries anything that is not an Ack."""
+def refuse(exc: Rejected) -> Reply:
+    """A SOAP 1.1 fault, whatever went wrong (an unexpected error and a size over the limit too).
+    A failed store answers 500 (SOAP 1.1's status for a fault, and the issue's contract);
+    Salesforce retries anything that is not an Ack."""
     status = 500 if exc.reason == "store_failed" else exc.status
     body = fault_response(exc.reason, exc.message, server=status >= 500)
-    return Response(body, status=status, content_type=CONTENT_TYPE)
+    return Reply(status, body, CONTENT_TYPE)
 
 
 SALESFORCE_OUTBOUND = Source(
@@ -166,25 +153,4 @@ SALESFORCE_OUTBOUND = Source(
 )
 
 
-@blueprint.post("/hooks/salesforce/outbound")
-def salesforce_outbound() -> Response:
-    """Receive one Salesforce outbound message."""
-    return receive(SALESFORCE_OUTBOUND)
-
-
-@blueprint.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Response:
-    # Flask's own errors on this route (413 past MAX_CONTENT_LENGTH, ...) are SOAP faults too.
-    status = exc.code or 500
-    reason = "too_large" if status == 413 else re.sub(r"[^a-z0-9]+", "_", (exc.name or "error").lower())
-    metrics.REJECTED.labels(SOURCE, reason).inc()
-    return refuse(Rejected(status, reason, exc.description or exc.name or "refused"))
-
-
-@blueprint.errorhandler(Exception)
-def _unexpected(exc: Exception) -> Response:
-    log.exception("outbound message failed", extra={"source": SOURCE, "reason": "internal_error"})
-    metrics.REJECTED.labels(SOURCE, "internal_error").inc()
-    return refuse(
-        Rejected(500, "internal_error", "OnRecord could not handle the message; it will be retried")
-    )
+HOOKS = {"/hooks/salesforce/outbound": SALESFORCE_OUTBOUND}

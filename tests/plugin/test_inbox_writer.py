@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +18,7 @@ import sqlalchemy as sa
 from plugin import migrate
 from plugin.events import Event
 from plugin.inbox import prepare_rows
-from plugin.inbox_writer import InboxWriter, SocketSink, WriterUnavailable
+from plugin.inbox_writer import InboxWriter, SocketSink, WriterUnavailable, encode
 from plugin.storage import get_engine, inbox
 from tests.conftest import TEST_SECRET
 from tests.support.events import change_event, signed
@@ -101,6 +103,43 @@ def test_a_failed_commit_reaches_the_worker_as_an_error(
 def test_no_writer_is_an_error_not_a_hang(tmp_path: Path) -> None:
     with pytest.raises(WriterUnavailable):
         SocketSink(str(tmp_path / "nobody.sock"), timeout=2).write(rows(1))
+
+
+def _fake_writer(path: str, replies: list[bytes]) -> threading.Thread:
+    """A writer that sends `replies` (raw byte chunks, a pause between them) to one request."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, listener:
+            conn.recv(1 << 20)
+            for chunk in replies:
+                conn.sendall(chunk)
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_reply_split_across_reads_is_put_back_together(tmp_path: Path) -> None:
+    frame = encode({"new": [["test", "d1"]]})
+    path = str(tmp_path / "w.sock")
+    thread = _fake_writer(path, [frame[:2], frame[2:7], frame[7:]])
+
+    assert SocketSink(path, timeout=5).write(rows(1)) == {("test", "d1")}
+    thread.join(5)
+
+
+def test_more_than_one_reply_to_one_request_is_an_error_not_a_misread(tmp_path: Path) -> None:
+    path = str(tmp_path / "w.sock")
+    thread = _fake_writer(path, [encode({"new": []}) + encode({"new": [["test", "d1"]]})])
+
+    with pytest.raises(WriterUnavailable, match="more than one reply"):
+        SocketSink(path, timeout=5).write(rows(1))
+    thread.join(5)
 
 
 @pytest.mark.slow

@@ -12,7 +12,6 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 from lxml import etree
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from connectors.salesforce import outbound_view
 from connectors.salesforce.ids import to_18
@@ -289,15 +288,12 @@ def test_ten_megabyte_body_is_refused_413_with_a_fault(app: Flask, client: Flask
     assert stored(app) == []
 
 
-def test_flasks_own_413_on_this_route_is_a_soap_fault(app: Flask, client: FlaskClient) -> None:
-    @app.before_request
-    def _refuse() -> None:  # as werkzeug refuses a body past MAX_CONTENT_LENGTH
-        raise RequestEntityTooLarge()
+def test_a_wrong_method_on_this_route_is_a_soap_fault_too(app: Flask, client: FlaskClient) -> None:
+    resp = client.get(URL)
 
-    resp = client.post(URL, data=opportunities(1))
-
-    assert resp.status_code == 413 and fault_of(resp.data)[1].startswith("too_large:")
-    assert client.get("/healthz").is_json  # other routes keep their JSON errors
+    assert resp.status_code == 405 and resp.headers["Allow"] == "POST"
+    assert fault_of(resp.data)[1].startswith("method_not_allowed:")
+    assert client.get("/nowhere").is_json  # other routes keep their JSON errors
 
 
 def test_message_from_another_org_is_refused_403(app: Flask, client: FlaskClient) -> None:
