@@ -38,7 +38,11 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(2, ge=1, le=64)
+    # gevent: each request is a greenlet, so waiting for its commit costs no thread switch and no
+    # GIL handoff (docs/benchmarks.md); gthread: `threads` OS threads per worker.
+    worker_class: Literal["gevent", "gthread"] = "gevent"
     threads: int = Field(16, ge=1, le=256)
+    worker_connections: int = Field(1000, ge=1, le=100000)  # gevent: open connections per worker
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
     run_worker: bool = True  # `serve` also runs one rules worker (single-machine default)
     store_timeout_seconds: float = Field(10.0, gt=0)  # give up storing, answer 503

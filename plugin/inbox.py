@@ -20,7 +20,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -28,6 +28,9 @@ from sqlalchemy.engine import Engine
 
 from plugin.events import Event
 from plugin.storage import begin_write, inbox, sqlite_connect, sqlite_path, sqlite_write_lock
+
+if TYPE_CHECKING:
+    from plugin.inbox_writer import SocketSink
 
 log = logging.getLogger(__name__)
 
@@ -259,10 +262,12 @@ class GroupCommitter:
         self._engine = engine
         self._dialect = engine.dialect.name
         database = sqlite_path(engine)
-        # Under `serve`, one writer process commits for every request thread of every worker:
-        # each thread talks to it directly, and the writer does the grouping.
+        # Under `serve`, one writer process commits for every request of every worker: each
+        # request talks to it directly, on a connection from this pool, and the writer does the
+        # grouping. A pool, not one connection per thread: under gevent every client connection
+        # is a greenlet of its own, and a connection per greenlet would be one per request.
         self._socket_path = os.environ.get("ONRECORD_INBOX_SOCKET") if database else None
-        self._direct = threading.local()
+        self._idle_sinks: queue.SimpleQueue[SocketSink] = queue.SimpleQueue()
         self._sink: _Sink
         if database:
             self._sink = SqliteSink(database)
@@ -295,14 +300,17 @@ class GroupCommitter:
     def _store_direct(self, ticket: _Ticket, timeout: float) -> StoreResult:
         from plugin.inbox_writer import SocketSink
 
-        sink = getattr(self._direct, "sink", None)
-        if sink is None:
-            assert self._socket_path is not None
-            sink = self._direct.sink = SocketSink(self._socket_path, timeout=timeout)
+        assert self._socket_path is not None
+        try:
+            sink = self._idle_sinks.get_nowait()
+        except queue.Empty:
+            sink = SocketSink(self._socket_path, timeout=timeout)
         try:
             new = sink.write(ticket.rows)
         except Exception as exc:
+            sink.close()  # whatever state it is in, the next request starts on a fresh one
             raise StoreError(str(exc)) from exc
+        self._idle_sinks.put(sink)
         self.commits += 1
         return StoreResult(stored=len(new), duplicates=ticket.submitted - len(new))
 

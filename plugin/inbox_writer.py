@@ -54,6 +54,7 @@ class InboxWriter:
         self.socket_path = socket_path
         self.parent_pid = parent_pid
         self.commits = 0
+        self.connections = 0  # accepted from workers, ever: they should be reused, not one per request
         self._sink = SqliteSink(database)
 
     def serve(self, stop: threading.Event) -> None:
@@ -95,6 +96,7 @@ class InboxWriter:
                 sock, _ = listener.accept()
             except BlockingIOError:
                 return
+            self.connections += 1
             sock.setblocking(False)
             selector.register(sock, selectors.EVENT_READ, _Client(sock))
 
@@ -146,10 +148,8 @@ class InboxWriter:
             replies = [{"error": f"{type(exc).__name__}: {exc}"} for _ in requests]
         for (client, _), reply in zip(requests, replies, strict=True):
             try:
-                client.sock.setblocking(True)
-                client.sock.sendall(encode(reply))
-                client.sock.setblocking(False)
-            except OSError:  # that worker is gone; its sender will retry
+                _send_reply(client.sock, encode(reply))
+            except OSError:  # that worker is gone (or stopped reading); its sender will retry
                 with contextlib.suppress(KeyError, ValueError):
                     selector.unregister(client.sock)
                 client.sock.close()
@@ -159,6 +159,20 @@ class InboxWriter:
         new = self._sink.write(rows)
         self.commits += 1
         return new
+
+
+def _send_reply(sock: socket.socket, frame: bytes) -> None:
+    """Send on the non-blocking socket; a reply that does not fit at once gets 5 s to go out."""
+    try:
+        sent = sock.send(frame)  # the asker waits for it, so its receive buffer is empty
+    except BlockingIOError:
+        sent = 0
+    if sent < len(frame):
+        sock.settimeout(5.0)
+        try:
+            sock.sendall(frame[sent:])
+        finally:
+            sock.setblocking(False)
 
 
 def encode(document: Any) -> bytes:
@@ -183,7 +197,9 @@ class SocketSink:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 self._sock.settimeout(self._timeout)
                 self._sock.connect(self._path)
-            self._sock.sendall(frame)
+            sent = self._sock.send(frame)  # a frame usually goes in one call (sendall asks more)
+            if sent < len(frame):
+                self._sock.sendall(frame[sent:])
             reply = json.loads(self._recv_frame())
         except (OSError, ValueError) as exc:
             self.close()  # a half-read reply must not be mistaken for the next one

@@ -26,6 +26,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
 
+    if config.server.worker_class == "gevent":
+        cooperative_postgres_waits()
+
     from plugin import logs, migrate
     from plugin.storage import dispose_engines, get_engine, sqlite_path
 
@@ -52,6 +55,17 @@ def run(args: argparse.Namespace, config: Config) -> int:
     finally:
         children.stop()
     return 0
+
+
+def cooperative_postgres_waits() -> None:
+    """Have psycopg wait with poll(), which gevent patches in the workers, not in C.
+
+    psycopg picks its wait function when first imported: this process imports it (to migrate)
+    before gunicorn forks the workers and gevent patches them, so left alone it would pick its C
+    wait, and every PostgreSQL call would stop all of a worker's requests until it returned.
+    An admin's own PSYCOPG_WAIT_FUNC wins.
+    """
+    os.environ.setdefault("PSYCOPG_WAIT_FUNC", "wait_poll")
 
 
 def run_inbox_writer(args: argparse.Namespace, config: Config) -> int:
@@ -158,7 +172,8 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
             "bind": f"{server.host}:{os.environ.get('PORT') or server.port}",
             "workers": server.workers,
             "threads": server.threads,
-            "worker_class": "gthread",
+            "worker_class": server.worker_class,
+            "worker_connections": server.worker_connections,
             "timeout": 90,
             "graceful_timeout": 30,
             "keepalive": 5,

@@ -24,7 +24,11 @@ def test_two_servers_and_two_workers_share_one_postgres_without_double_processin
     postgres_url: str, tmp_path: Path
 ) -> None:
     env = onrecord_env(postgres_url, tmp_path / "var", TEST_SECRET, ONRECORD_WORKER__BATCH_SIZE=10)
-    servers = [Server(env, tmp_path / f"serve{i}.log") for i in range(2)]
+    # One server with each worker class: gevent's must not block its requests on PostgreSQL calls.
+    servers = [
+        Server({**env, "ONRECORD_SERVER__WORKER_CLASS": worker_class}, tmp_path / f"serve{i}.log")
+        for i, worker_class in enumerate(["gevent", "gthread"])
+    ]
     workers = [Process(["worker"], env, tmp_path / f"worker{i}.log") for i in range(2)]
     try:
 

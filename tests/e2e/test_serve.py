@@ -18,9 +18,10 @@ from tests.support.processes import Server, onrecord_env, wait_for
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def server(sqlite_url: str, tmp_path: Path) -> Iterator[Server]:
-    env = onrecord_env(sqlite_url, tmp_path / "var", TEST_SECRET)
+@pytest.fixture(params=["gevent", "gthread"])
+def server(request: pytest.FixtureRequest, sqlite_url: str, tmp_path: Path) -> Iterator[Server]:
+    worker_class = request.param  # the default, and the other one an admin may choose
+    env = onrecord_env(sqlite_url, tmp_path / "var", TEST_SECRET, ONRECORD_SERVER__WORKER_CLASS=worker_class)
     srv = Server(env, tmp_path / "serve.log", worker=True)
     yield srv
     srv.stop()

@@ -61,6 +61,7 @@ def test_config_path_from_onrecord_config(tmp_path: Path) -> None:
         ({"ONRECORD_WORKER__RULES": "not json"}, "worker.rules"),
         ({"ONRECORD_DISPATCH__BATCH_SIZE": "500"}, "dispatch.batch_size"),
         ({"ONRECORD_CRM__KIND": "hubspot"}, "crm.kind"),
+        ({"ONRECORD_SERVER__WORKER_CLASS": "eventlet"}, "server.worker_class"),
     ],
 )
 def test_bad_values_stop_start_up_naming_the_key(env: dict[str, str], named: str) -> None:

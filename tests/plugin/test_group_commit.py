@@ -71,3 +71,15 @@ def test_the_committer_survives_a_failed_commit(engine: sa.Engine) -> None:
             [ev(1).__class__(**{**ev(1).__dict__, "occurred_at": datetime(2026, 1, 1)})], timeout=30
         )
     assert committer.store([ev(2)], timeout=30).stored == 1
+
+
+def test_a_request_mixing_stored_and_new_deliveries_learns_exactly_which_are_new(engine: sa.Engine) -> None:
+    committer = GroupCommitter(engine)
+    committer.store([ev(1), ev(3)], timeout=30)
+
+    result = committer.store([ev(1), ev(2), ev(3), ev(4), ev(2)], timeout=30)
+
+    assert (result.stored, result.duplicates) == (2, 3)
+    with engine.connect() as conn:
+        ids = conn.execute(sa.select(inbox.c.delivery_id).order_by(inbox.c.id)).scalars().all()
+    assert ids == ["d1", "d3", "d2", "d4"]

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from plugin import migrate
 from plugin.events import Event
-from plugin.inbox import prepare_rows
+from plugin.inbox import GroupCommitter, prepare_rows
 from plugin.inbox_writer import InboxWriter, SocketSink, WriterUnavailable, encode
 from plugin.storage import get_engine, inbox
 from tests.conftest import TEST_SECRET
@@ -25,19 +25,19 @@ from tests.support.events import change_event, signed
 from tests.support.processes import Server, onrecord_env, wait_for
 
 
+def event(n: int) -> Event:
+    return Event(
+        source="test",
+        delivery_id=f"d{n}",
+        kind="record.changed",
+        occurred_at=datetime.now(UTC),
+        object="Opportunity",
+        record_id=f"r{n}",
+    )
+
+
 def rows(*ns: int) -> list[tuple[object, ...]]:
-    events = [
-        Event(
-            source="test",
-            delivery_id=f"d{n}",
-            kind="record.changed",
-            occurred_at=datetime.now(UTC),
-            object="Opportunity",
-            record_id=f"r{n}",
-        )
-        for n in ns
-    ]
-    return prepare_rows("sqlite", events, datetime.now(UTC))  # type: ignore[return-value]
+    return prepare_rows("sqlite", [event(n) for n in ns], datetime.now(UTC))  # type: ignore[return-value]
 
 
 @pytest.fixture
@@ -103,6 +103,22 @@ def test_a_failed_commit_reaches_the_worker_as_an_error(
 def test_no_writer_is_an_error_not_a_hang(tmp_path: Path) -> None:
     with pytest.raises(WriterUnavailable):
         SocketSink(str(tmp_path / "nobody.sock"), timeout=2).write(rows(1))
+
+
+def test_requests_reuse_the_workers_connections_to_the_writer(
+    writer: tuple[InboxWriter, str], sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w, socket_path = writer
+    monkeypatch.setenv("ONRECORD_INBOX_SOCKET", socket_path)
+    committer = GroupCommitter(get_engine(sqlite_url))
+
+    for n in range(30):  # each request on a thread of its own, as gevent gives each a greenlet
+        thread = threading.Thread(target=committer.store, args=([event(n)], 10))
+        thread.start()
+        thread.join()
+
+    assert count(sqlite_url) == 30
+    assert w.connections == 1
 
 
 def _fake_writer(path: str, replies: list[bytes]) -> threading.Thread:
