@@ -23,7 +23,9 @@ def create_app(config: Config | None = None, overrides: Mapping[str, Any] | None
     engine = get_engine(config.storage.url)
     migrate.upgrade(engine)
     app.extensions["onrecord"] = Runtime(
-        config=config, engine=engine, committer=committer_for(engine, config.storage.group_commit_max)
+        config=config,
+        engine=engine,
+        committer=committer_for(engine, config.storage.group_commit_max, config.server.store_timeout_seconds),
     )
     logs.init_app(app)
     routes.init_app(app)

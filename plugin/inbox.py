@@ -1,10 +1,16 @@
 """Storing received events durably, with group commit.
 
-Every request thread hands its events to one committer thread per process and waits. The
-committer takes everything that queued up while the previous commit was running and stores
-it in ONE transaction (one fsync), then wakes each waiter. A request is acknowledged only
-after the commit that holds its events returned; if that commit failed, every waiter gets
-the error (and answers 503, so the sender retries).
+Every request hands its events to one committer per process and waits. The committer takes
+everything that queued up while the previous commit was running and stores it in ONE
+transaction (one fsync), then wakes each waiter. A request is acknowledged only after the
+commit that holds its events returned; if that commit failed, every waiter gets the error (and
+answers 503, so the sender retries).
+
+Under `serve` on SQLite the transaction is the inbox writer's (plugin/inbox_writer.py), and the
+committer is how a gunicorn worker reaches it: on greenlets (gevent, the default) one committer
+greenlet sends everything queued as one frame; on OS threads each request thread sends its own
+frame, since waking a committer thread and then each waiter costs more GIL handoffs than the
+writer's grouping saves.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import logging
 import os
 import queue
 import sqlite3
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -258,18 +265,22 @@ class SqliteSink:
 class GroupCommitter:
     """One per process: shares a commit among the requests that arrive together."""
 
-    def __init__(self, engine: Engine, *, max_rows: int = 500) -> None:
+    def __init__(self, engine: Engine, *, max_rows: int = 500, timeout: float = 10.0) -> None:
+        from plugin.inbox_writer import SocketSink  # it builds on this module
+
         self._engine = engine
         self._dialect = engine.dialect.name
         database = sqlite_path(engine)
-        # Under `serve`, one writer process commits for every request of every worker: each
-        # request talks to it directly, on a connection from this pool, and the writer does the
-        # grouping. A pool, not one connection per thread: under gevent every client connection
-        # is a greenlet of its own, and a connection per greenlet would be one per request.
-        self._socket_path = os.environ.get("ONRECORD_INBOX_SOCKET") if database else None
+        # Under `serve`, one writer process commits for every request of every worker.
+        writer_socket = os.environ.get("ONRECORD_INBOX_SOCKET") if database else None
+        # On OS threads, each request talks to the writer itself, on a connection from this pool
+        # (a pool, not one per thread: connections outlive the threads that made them).
+        self._socket_path = writer_socket if not _on_greenlets() else None
         self._idle_sinks: queue.SimpleQueue[SocketSink] = queue.SimpleQueue()
         self._sink: _Sink
-        if database:
+        if writer_socket and self._socket_path is None:
+            self._sink = SocketSink(writer_socket, timeout=timeout)  # one frame per group
+        elif database:
             self._sink = SqliteSink(database)
         else:
             self._sink = _EngineSink(engine)
@@ -365,14 +376,20 @@ class GroupCommitter:
             t.done.set()
 
 
+def _on_greenlets() -> bool:
+    """Whether this process runs its requests on greenlets (a gunicorn gevent worker)."""
+    monkey = sys.modules.get("gevent.monkey")  # never imported here: only asked if already there
+    return bool(monkey is not None and monkey.is_module_patched("threading"))
+
+
 _committers: dict[int, GroupCommitter] = {}
 _committers_lock = threading.Lock()
 
 
-def committer_for(engine: Engine, max_rows: int = 500) -> GroupCommitter:
-    """The process's committer for an engine."""
+def committer_for(engine: Engine, max_rows: int = 500, timeout: float = 10.0) -> GroupCommitter:
+    """The process's committer for an engine (`timeout`: longest wait for the inbox writer)."""
     with _committers_lock:
         c = _committers.get(id(engine))
         if c is None:
-            c = _committers[id(engine)] = GroupCommitter(engine, max_rows=max_rows)
+            c = _committers[id(engine)] = GroupCommitter(engine, max_rows=max_rows, timeout=timeout)
         return c

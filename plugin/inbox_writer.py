@@ -55,6 +55,7 @@ class InboxWriter:
         self.parent_pid = parent_pid
         self.commits = 0
         self.connections = 0  # accepted from workers, ever: they should be reused, not one per request
+        self.frames = 0  # requests received: one per group from a gevent worker
         self._sink = SqliteSink(database)
 
     def serve(self, stop: threading.Event) -> None:
@@ -125,6 +126,7 @@ class InboxWriter:
             frame = bytes(client.buffer[_HEADER.size : _HEADER.size + size])
             del client.buffer[: _HEADER.size + size]
             found.append((client, [tuple(r) for r in json.loads(frame)["rows"]]))
+            self.frames += 1
         return found
 
     def _commit(self, requests: list[tuple[_Client, list[Row]]], selector: selectors.BaseSelector) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +25,7 @@ from plugin.inbox_writer import InboxWriter, SocketSink, WriterUnavailable, enco
 from plugin.storage import get_engine, inbox
 from tests.conftest import TEST_SECRET
 from tests.support.events import change_event, signed
-from tests.support.processes import Server, onrecord_env, wait_for
+from tests.support.processes import ROOT, Server, onrecord_env, wait_for
 
 
 def event(n: int) -> Event:
@@ -119,6 +122,43 @@ def test_requests_reuse_the_workers_connections_to_the_writer(
 
     assert count(sqlite_url) == 30
     assert w.connections == 1
+
+
+GREENLETS = """
+import json, sys
+from gevent import monkey
+monkey.patch_all()  # as gunicorn's gevent worker does, before the app is built
+import gevent
+from datetime import UTC, datetime
+from plugin.events import Event
+from plugin.inbox import GroupCommitter
+from plugin.storage import get_engine
+
+committer = GroupCommitter(get_engine(sys.argv[1]))
+def store(n):
+    event = Event(source="test", delivery_id=f"g{n}", kind="record.changed",
+                  occurred_at=datetime.now(UTC), object="Opportunity", record_id=f"r{n}")
+    return committer.store([event], timeout=10).stored
+jobs = [gevent.spawn(store, n) for n in range(50)]
+gevent.joinall(jobs)
+print(json.dumps([job.value for job in jobs]))
+"""
+
+
+def test_a_gevent_worker_sends_what_its_greenlets_queued_as_one_frame(
+    writer: tuple[InboxWriter, str], sqlite_url: str
+) -> None:
+    w, socket_path = writer
+    env = {**os.environ, "ONRECORD_INBOX_SOCKET": socket_path, "PYTHONPATH": str(ROOT)}
+
+    out = subprocess.run(
+        [sys.executable, "-c", GREENLETS, sqlite_url], env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [1] * 50  # each acknowledged after its commit
+    assert count(sqlite_url) == 50
+    assert w.connections == 1 and w.frames < 10  # not one frame per request
 
 
 def _fake_writer(path: str, replies: list[bytes]) -> threading.Thread:
