@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import os
 import shutil
 import subprocess
@@ -153,6 +154,15 @@ def _freeze_heap(worker: Any) -> None:
     gc.freeze()
 
 
+def _worker_exit(server: Any, worker: Any) -> None:
+    # Flush the logs while everything is alive, then forget the handlers: at interpreter exit, in
+    # a gevent worker, logging's clean-up of a handler takes a lock whose gevent parts are already
+    # gone and prints a TypeError traceback on every stop (gevent issue #2148). With logging's
+    # handler list empty, that clean-up has nothing to do.
+    logging.shutdown()
+    logging._handlerList.clear()  # type: ignore[attr-defined]
+
+
 def _child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
@@ -178,6 +188,7 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
             "graceful_timeout": 30,
             "keepalive": 5,
             "child_exit": _child_exit,
+            "worker_exit": _worker_exit,
             "post_worker_init": _freeze_heap,
             "accesslog": None,
             "proc_name": "onrecord",
