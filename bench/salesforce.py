@@ -115,6 +115,7 @@ def outbound(args: argparse.Namespace, work: Path) -> dict[str, float]:
         ONRECORD_SALESFORCE__OUTBOUND_TOKEN=TOKEN,
         ONRECORD_SALESFORCE__ORG_ID=ORG_ID,
         ONRECORD_SALESFORCE__OUTBOUND_WSDLS=json.dumps([str(OPPORTUNITY_WSDL)]),
+        ONRECORD_SERVER__WORKER_CLASS=args.worker_class,
         ONRECORD_SERVER__WORKERS=args.workers,
         ONRECORD_SERVER__THREADS=args.threads,
         ONRECORD_LOGGING__LEVEL="ERROR",
@@ -218,14 +219,16 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=500, help="outbound messages of 100 notifications")
     ap.add_argument("--concurrency", type=int, default=8, help="client connections")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gunicorn workers")
-    ap.add_argument("--threads", type=int, default=16, help="gunicorn threads per worker")
+    ap.add_argument("--worker-class", choices=["gevent", "gthread"], default="gevent", help="as serve's")
+    ap.add_argument("--threads", type=int, default=16, help="gunicorn threads per worker (gthread)")
     ap.add_argument("--writes", type=int, default=10_000, help="records in the write-back burst")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="onrecord-bench-sf-") as tmp:
         work = Path(tmp)
         a = outbound(args, work)
         b = write_back(args, work)
-    print(f"cores: {os.cpu_count()}, gunicorn {args.workers} workers x {args.threads} threads\n")
+    concurrency = f"{args.threads} threads" if args.worker_class == "gthread" else "greenlets"
+    print(f"cores: {os.cpu_count()}, gunicorn {args.worker_class}, {args.workers} workers x {concurrency}\n")
     print("| measure | value | target |")
     print("| --- | --- | --- |")
     print(
