@@ -5,9 +5,9 @@ the size limit and the metrics, so no source can acknowledge what is not durable
 
 It runs as plain WSGI in front of Flask (`HookRouter`), for the `/hooks/...` paths only. Why:
 under load, Flask's request context, hooks and response objects cost more CPU than everything
-OnRecord itself does with an event, and with 16 request threads per worker that cost is paid
-again in GIL contention (docs/benchmarks.md: 2,700 against 4,700 requests/s, same machine).
-Everything else OnRecord serves stays in Flask.
+OnRecord itself does with an event, and with request threads that cost is paid again in GIL
+contention (docs/benchmarks.md: 2,620-2,860 then 3,500-3,970 requests/s on 16 threads per
+worker, same machine). Everything else OnRecord serves stays in Flask.
 """
 
 from __future__ import annotations
