@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         children.start("rules worker", ["worker", "--parent-pid", me])
     children.supervise()
     try:
-        GunicornApp(config).run()
+        GunicornApp(config, children).run()
     finally:
         children.stop()
     return 0
@@ -71,9 +72,6 @@ def cooperative_postgres_waits() -> None:
 
 def run_inbox_writer(args: argparse.Namespace, config: Config) -> int:
     """The hidden `inbox-writer` command `serve` starts for a SQLite database."""
-    import signal
-    import threading
-
     from plugin import logs
     from plugin.inbox_writer import InboxWriter
     from plugin.storage import get_engine, sqlite_path
@@ -103,6 +101,10 @@ class Children:
         # Inherits the environment, so the same configuration.
         self._procs[name] = (args, subprocess.Popen([sys.executable, "-m", "plugin", *args]))
 
+    def stopping(self) -> None:
+        """Serve is stopping: a child that exits now is not restarted."""
+        self._stopping.set()
+
     def alive(self, name: str) -> bool:
         return self._procs[name][1].poll() is None
 
@@ -120,10 +122,12 @@ class Children:
                 for name, (args, proc) in list(self._procs.items()):
                     if proc.poll() is None or self._stopping.is_set():
                         continue
-                    print(f"onrecord: {name} exited; restarting", file=sys.stderr)
+                    # Wait first: when the whole process group is being stopped (systemd, Ctrl-C),
+                    # the child goes before serve knows it is stopping, and it is not a failure.
                     self._stopping.wait(delay[name])
                     delay[name] = min(delay[name] * 2, 30.0)
                     if not self._stopping.is_set():
+                        print(f"onrecord: {name} exited; restarting", file=sys.stderr)
                         self.start(name, args)
 
         threading.Thread(target=watch, name="children", daemon=True).start()
@@ -172,9 +176,27 @@ def _child_exit(server: Any, worker: Any) -> None:
 class GunicornApp(BaseApplication):  # type: ignore[misc]
     """gunicorn, configured from OnRecord's configuration rather than its command line."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, children: Children | None = None) -> None:
         self.onrecord_config = config
+        self.children = children
         super().__init__()
+
+    def _when_ready(self, server: Any) -> None:
+        # gunicorn has installed its signal handlers by now. A stop signal to the whole process
+        # group (systemd, Ctrl-C) reaches the children at the same moment: tell the supervisor
+        # first, so a child that goes is not taken for one that died and restarted.
+        children = self.children
+        if children is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            previous = signal.getsignal(sig)
+
+            def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+                children.stopping()
+                if callable(previous):
+                    previous(signum, frame)
+
+            signal.signal(sig, handler)
 
     def load_config(self) -> None:
         server = self.onrecord_config.server
@@ -189,6 +211,7 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
             "keepalive": 5,
             "child_exit": _child_exit,
             "worker_exit": _worker_exit,
+            "when_ready": self._when_ready,
             "post_worker_init": _freeze_heap,
             "accesslog": None,
             "proc_name": "onrecord",
