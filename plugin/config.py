@@ -42,7 +42,8 @@ class ServerConfig(_Section):
     # GIL handoff (docs/benchmarks.md); gthread: `threads` OS threads per worker.
     worker_class: Literal["gevent", "gthread"] = "gevent"
     threads: int = Field(16, ge=1, le=256)
-    worker_connections: int = Field(1000, ge=1, le=100000)  # gevent: open connections per worker
+    # gevent: requests one worker serves at once; each may hold a body of max_body_bytes in memory
+    worker_connections: int = Field(100, ge=1, le=10000)
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
     run_worker: bool = True  # `serve` also runs one rules worker (single-machine default)
     store_timeout_seconds: float = Field(10.0, gt=0)  # give up storing, answer 503

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin.config import ConfigError, load_config
+from plugin.config import ConfigError, ServerConfig, load_config
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -148,3 +148,11 @@ def test_example_config_documents_every_key_with_its_default() -> None:
 def test_a_key_whose_name_ends_in_file_is_not_mistaken_for_a_secret_pointer() -> None:
     cfg = load_config(env={"ONRECORD_SALESFORCE__PRIVATE_KEY_FILE": "/etc/onrecord/sf.pem"})
     assert cfg.salesforce.private_key_file == "/etc/onrecord/sf.pem"
+
+
+def test_the_defaults_bound_the_memory_unauthenticated_bodies_can_take() -> None:
+    # A body is read whole before its signature can be checked, so anyone can make a worker hold
+    # max_body_bytes for each request it serves at once.
+    server = ServerConfig()
+    at_once = server.worker_connections if server.worker_class == "gevent" else server.threads
+    assert server.workers * at_once * server.max_body_bytes <= 1536 * 1024 * 1024
