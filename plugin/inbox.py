@@ -117,7 +117,7 @@ def _sqlite_time(value: datetime) -> str:
     # SQLAlchemy's SQLite storage format for UtcDateTime: naive UTC with microseconds.
     if value.tzinfo is None:
         raise ValueError("naive datetime: OnRecord stores only timezone-aware times")
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def prepare_rows(dialect: str, events: Sequence[Event], received_at: datetime) -> list[Row]:
@@ -287,6 +287,7 @@ class GroupCommitter:
         self._max_rows = max_rows
         self._queue: queue.SimpleQueue[_Ticket] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._running = False
         self._lock = threading.Lock()
         self.commits = 0  # for tests and metrics: how many transactions served how many tickets
 
@@ -326,14 +327,25 @@ class GroupCommitter:
         return StoreResult(stored=len(new), duplicates=ticket.submitted - len(new))
 
     def _ensure_thread(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self._running:  # an attribute, not is_alive(): this is asked on every request
             return
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
+            if not self._running:
+                self._running = True  # before start(): _run may end (and say so) at once
                 self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-                self._thread.start()
+                try:
+                    self._thread.start()
+                except BaseException:
+                    self._running = False
+                    raise
 
     def _run(self) -> None:
+        try:
+            self._commit_forever()
+        finally:  # whatever ended it, the next request starts a new one
+            self._running = False
+
+    def _commit_forever(self) -> None:
         while True:
             batch = [self._queue.get()]
             rows = len(batch[0].rows)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from prometheus_client import Counter
 from werkzeug.datastructures import EnvironHeaders
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -92,7 +93,7 @@ class Source:
 
 def receive(source: Source, environ: WSGIEnvironment, rt: Runtime) -> Reply:
     """Handle one request for `source`: the reply is an acknowledgement only if all is durable."""
-    metrics.REQUESTS.labels(source.name).inc()
+    _counter(metrics.REQUESTS, source.name).inc()
     try:
         if environ.get("REQUEST_METHOD") != "POST":
             raise Rejected(405, "method_not_allowed", "only POST is accepted here")
@@ -115,7 +116,7 @@ def receive(source: Source, environ: WSGIEnvironment, rt: Runtime) -> Reply:
         except StoreError as exc:
             raise Rejected(503, "store_failed", "could not store the events; retry later") from exc
     except Rejected as exc:
-        metrics.REJECTED.labels(source.name, exc.reason).inc()
+        _counter(metrics.REJECTED, source.name, exc.reason).inc()
         log.warning(
             "request refused",
             extra={"source": source.name, "reason": exc.reason, "status": exc.status, "detail": exc.message},
@@ -125,14 +126,14 @@ def receive(source: Source, environ: WSGIEnvironment, rt: Runtime) -> Reply:
             return Reply(reply.status, reply.body, reply.content_type, (*reply.headers, ("Allow", "POST")))
         return reply
     except Exception:  # a bug must still answer in the sender's format, and the sender retries
-        metrics.REJECTED.labels(source.name, "internal_error").inc()
+        _counter(metrics.REJECTED, source.name, "internal_error").inc()
         log.exception("request failed", extra={"source": source.name, "reason": "internal_error"})
         return source.refuse(Rejected(500, "internal_error", "OnRecord could not handle this; retry later"))
-    metrics.ACCEPTED.labels(source.name).inc(result.stored)
+    _counter(metrics.ACCEPTED, source.name).inc(result.stored)
     if result.duplicates:
-        metrics.DUPLICATES.labels(source.name).inc(result.duplicates)
+        _counter(metrics.DUPLICATES, source.name).inc(result.duplicates)
     for reason, count in parsed.ignored.items():
-        metrics.IGNORED.labels(source.name, reason).inc(count)
+        _counter(metrics.IGNORED, source.name, reason).inc(count)
     log.debug(  # every success is in the inbox and the metrics; refusals are logged as warnings
         "stored",
         extra={
@@ -143,6 +144,17 @@ def receive(source: Source, environ: WSGIEnvironment, rt: Runtime) -> Reply:
         },
     )
     return source.acknowledge(result, parsed)
+
+
+_counters: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
+
+
+def _counter(metric: Counter, *labels: str) -> Counter:
+    """`metric.labels(*labels)`, looked up once per process: labels() takes a lock every call."""
+    child = _counters.get((metric, labels))
+    if child is None:
+        child = _counters[(metric, labels)] = metric.labels(*labels)
+    return child
 
 
 def _read_body(environ: WSGIEnvironment, limit: int) -> bytes:

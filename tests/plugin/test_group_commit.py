@@ -83,3 +83,22 @@ def test_a_request_mixing_stored_and_new_deliveries_learns_exactly_which_are_new
     with engine.connect() as conn:
         ids = conn.execute(sa.select(inbox.c.delivery_id).order_by(inbox.c.id)).scalars().all()
     assert ids == ["d1", "d3", "d2", "d4"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # it dies on purpose
+def test_a_committer_that_died_is_started_again_by_the_next_request(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    committer = GroupCommitter(engine)
+    assert committer.store([ev(1)], timeout=30).stored == 1
+    commit = committer._commit
+
+    def dying(batch: object) -> None:
+        raise SystemExit  # not an Exception: it gets past the commit's own handler and ends the thread
+
+    monkeypatch.setattr(committer, "_commit", dying)
+    with pytest.raises(StoreError):
+        committer.store([ev(2)], timeout=1)  # nobody answers this one: the sender retries it
+    monkeypatch.setattr(committer, "_commit", commit)
+
+    assert committer.store([ev(3)], timeout=30).stored == 1
