@@ -92,19 +92,19 @@ def integrate(engine: Engine, key: SigningKey, origin: str, now: datetime) -> In
         ).first()
         if latest is not None and latest.tree_size == size:
             return Integrated(0, size, latest.note)
-        leaves = leaf_hashes(conn, size)
+        tree = merkle.Tree(leaf_hashes(conn, size))
         if latest is not None:
             signed = conn.execute(
                 sa.select(provenance_checkpoints.c.root_hash).where(
                     provenance_checkpoints.c.tree_size == latest.tree_size
                 )
             ).scalar_one()
-            if merkle.root(leaves[: latest.tree_size]).hex() != signed:
+            if latest.tree_size > tree.size or tree.root(latest.tree_size).hex() != signed:
                 # Never sign over a log whose past no longer matches what was signed.
                 raise LogCorrupted(
                     f"the log's first {latest.tree_size} leaves no longer match their signed checkpoint"
                 )
-        root = merkle.root(leaves)
+        root = tree.root()
         note = sign_checkpoint(Checkpoint(origin, size, root), key)
         conn.execute(
             provenance_checkpoints.insert().values(
@@ -162,17 +162,17 @@ def latest_checkpoint(conn: sa.Connection) -> tuple[int, str] | None:
 
 def proofs(conn: sa.Connection, indices: Sequence[int], size: int) -> dict[int, dict[str, Any]]:
     """Inclusion proofs (as the API shows them) of leaves in the tree of `size`."""
-    leaves = leaf_hashes(conn, size)
-    root = merkle.root(leaves).hex()
+    tree = merkle.Tree(leaf_hashes(conn, size))
+    root = tree.root().hex()
     return {
         i: {
             "log_index": i,
             "tree_size": size,
             "root_hash": root,
-            "hashes": [h.hex() for h in merkle.inclusion_proof(i, leaves)],
+            "hashes": [h.hex() for h in tree.inclusion_proof(i)],
         }
         for i in indices
-        if 0 <= i < len(leaves)  # fewer leaves than the tree had: the log lost some, no proof
+        if 0 <= i < tree.size  # fewer leaves than the tree had: the log lost some, no proof
     }
 
 

@@ -27,28 +27,68 @@ def _split(n: int) -> int:
     return k
 
 
+class Tree:
+    """Every level of the tree over `leaves` (leaf hashes), hashed once.
+
+    The root of any prefix and any inclusion proof then take O(log² n) lookups, where walking
+    the leaves again for each (the RFC's recursion, as written) took O(n) hashes each time.
+    Built bottom-up: nodes paired left to right, an unpaired last node moved up unchanged,
+    which is the same tree as RFC 6962's split at the largest power of two.
+    """
+
+    def __init__(self, leaves: Sequence[bytes]) -> None:
+        levels = [list(leaves)]
+        while len(levels[-1]) > 1:
+            below = levels[-1]
+            above = [node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
+            if len(below) % 2:
+                above.append(below[-1])
+            levels.append(above)
+        self._levels = levels
+        self.size = len(leaves)
+
+    def root(self, size: int | None = None) -> bytes:
+        """MTH of the first `size` leaves (all of them by default)."""
+        n = self.size if size is None else size
+        if not 0 <= n <= self.size:
+            raise ValueError(f"no prefix of {n} leaves in a tree of {self.size}")
+        return self._subtree(0, n) if n else hashlib.sha256(b"").digest()
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """PATH(index, D[:size]): the audit path of leaf `index` in the tree of the first `size`."""
+        n = self.size if size is None else size
+        if not 0 <= index < n <= self.size:
+            raise ValueError(f"leaf {index} is not in a tree of {n}")
+        path: list[bytes] = []
+        start = 0
+        while n > 1:  # from the top down; the path lists siblings from the bottom up
+            k = _split(n)
+            if index < k:
+                path.append(self._subtree(start + k, n - k))
+                n = k
+            else:
+                path.append(self._subtree(start, k))
+                index, start, n = index - k, start + k, n - k
+        return path[::-1]
+
+    def _subtree(self, start: int, n: int) -> bytes:
+        # MTH(D[start:start + n]) for a range the RFC's recursion reaches: a whole aligned block
+        # of 2^level leaves is one stored node; anything else splits as the RFC splits it.
+        if n & (n - 1) == 0 and start % n == 0:
+            level = n.bit_length() - 1
+            return self._levels[level][start >> level]
+        k = _split(n)
+        return node_hash(self._subtree(start, k), self._subtree(start + k, n - k))
+
+
 def root(leaves: Sequence[bytes]) -> bytes:
     """MTH over leaf hashes (not leaf data)."""
-    n = len(leaves)
-    if n == 0:
-        return hashlib.sha256(b"").digest()
-    if n == 1:
-        return leaves[0]
-    k = _split(n)
-    return node_hash(root(leaves[:k]), root(leaves[k:]))
+    return Tree(leaves).root()
 
 
 def inclusion_proof(index: int, leaves: Sequence[bytes]) -> list[bytes]:
     """PATH(index, D[n]): the audit path of leaf `index` in the tree over `leaves` (leaf hashes)."""
-    n = len(leaves)
-    if not 0 <= index < n:
-        raise ValueError(f"leaf {index} is not in a tree of {n}")
-    if n == 1:
-        return []
-    k = _split(n)
-    if index < k:
-        return [*inclusion_proof(index, leaves[:k]), root(leaves[k:])]
-    return [*inclusion_proof(index - k, leaves[k:]), root(leaves[:k])]
+    return Tree(leaves).inclusion_proof(index)
 
 
 def root_from_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes]) -> bytes:

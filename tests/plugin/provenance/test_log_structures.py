@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import pytest
 
@@ -51,6 +52,36 @@ def test_every_inclusion_proof_leads_to_the_root_and_no_other() -> None:
             assert size == 1 or not merkle.verify_inclusion(index, size, other, proof, head)
             if proof:
                 assert not merkle.verify_inclusion(index, size, leaves[index], proof[:-1], head)
+
+
+def mth(leaves: list[bytes]) -> bytes:
+    """RFC 6962 section 2.1 as written, the slow way: the oracle for the tree built once."""
+    if not leaves:
+        return hashlib.sha256(b"").digest()
+    if len(leaves) == 1:
+        return leaves[0]
+    k = 1
+    while k * 2 < len(leaves):
+        k *= 2
+    return merkle.node_hash(mth(leaves[:k]), mth(leaves[k:]))
+
+
+def test_one_tree_answers_for_every_prefix_of_its_leaves() -> None:
+    tree = merkle.Tree([merkle.leaf_hash(leaf) for leaf in CT_LEAVES])
+    assert {size: tree.root(size).hex() for size in CT_ROOTS} == CT_ROOTS
+    leaves = [merkle.leaf_hash(str(i).encode()) for i in range(130)]
+    tree = merkle.Tree(leaves)
+    for size in range(len(leaves) + 1):
+        assert tree.root(size) == mth(leaves[:size])
+    for size in (1, 2, 3, 63, 64, 65, 100, 130):
+        head = mth(leaves[:size])
+        for index in range(size):
+            proof = tree.inclusion_proof(index, size)
+            assert merkle.verify_inclusion(index, size, leaves[index], proof, head)
+    with pytest.raises(ValueError):
+        tree.root(131)
+    with pytest.raises(ValueError):
+        tree.inclusion_proof(5, 5)
 
 
 def test_a_checkpoint_is_a_signed_note_in_the_tlog_checkpoint_format() -> None:
