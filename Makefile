@@ -31,7 +31,8 @@ typecheck: $(VENV)/.installed-dev
 	$(VENV)/bin/mypy --strict plugin connectors
 
 bench: $(VENV)/.installed-dev
-	$(PY) bench/receive.py
+	$(PY) bench/receive.py --repeat 3
+	$(PY) bench/salesforce.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
