@@ -12,6 +12,7 @@ worker, same machine). Everything else OnRecord serves stays in Flask.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -79,6 +80,10 @@ class Reply:
     content_type: str
     headers: tuple[tuple[str, str], ...] = ()
 
+    def with_header(self, name: str, value: str) -> Reply:
+        """The same reply with one more header."""
+        return dataclasses.replace(self, headers=(*self.headers, (name, value)))
+
 
 @dataclass(frozen=True)
 class Source:
@@ -123,7 +128,7 @@ def receive(source: Source, environ: WSGIEnvironment, rt: Runtime) -> Reply:
         )
         reply = source.refuse(exc)
         if exc.status == 405:
-            return Reply(reply.status, reply.body, reply.content_type, (*reply.headers, ("Allow", "POST")))
+            return reply.with_header("Allow", "POST")
         return reply
     except Exception:  # a bug must still answer in the sender's format, and the sender retries
         _counter(metrics.REJECTED, source.name, "internal_error").inc()

@@ -48,8 +48,7 @@ def refuse(exc: Rejected) -> Reply:
     """The JSON refusal, telling a 401's sender which scheme is expected."""
     reply = json_refusal(exc)
     if exc.status == 401:
-        challenge = ("WWW-Authenticate", 'Bearer realm="onrecord", error="invalid_token"')
-        return Reply(reply.status, reply.body, reply.content_type, (*reply.headers, challenge))
+        return reply.with_header("WWW-Authenticate", 'Bearer realm="onrecord", error="invalid_token"')
     return reply
 
 
