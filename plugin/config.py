@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "ONRECORD_"
 # Variables with the prefix that are not configuration keys.
@@ -136,10 +144,32 @@ class SalesforceConfig(_Section):
         return v
 
 
+_API_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,79}$"
+
+
+class ApprovalStage(_Section):
+    """One stage of an approval policy: who may decide it, what counts as yes, how many must."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_ .-]{0,79}$")
+    # e-mails / UPNs, CRM user ids, or Salesforce public group names (resolved through the directory)
+    approvers: list[str] = Field(min_length=1)
+    approve_responses: list[str] = Field(default_factory=lambda: ["Approve"], min_length=1)
+    # "first": one approver's yes decides the stage; "everyone": every approver must say yes
+    require: Literal["first", "everyone"] = "first"
+
+    @field_validator("approvers", "approve_responses")
+    @classmethod
+    def _non_blank(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if not item.strip() or len(item) > 255:
+                raise ValueError(f"{item!r} must be 1-255 characters")
+        return [item.strip() for item in v]
+
+
 class GovernedObject(_Section):
     """A CRM object OnRecord governs, and the fields whose provenance it tracks."""
 
-    object: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
+    object: str = Field(pattern=_API_NAME)
     fields: list[str] = Field(min_length=1)
     # Approval-governed objects: the field holding the approval status, its type, and the
     # values that mean "approved". `provision` adds a validation rule that lets only OnRecord's
@@ -158,6 +188,41 @@ class GovernedObject(_Section):
             if not value or len(value) > 255 or any(c in value for c in '"\\\r\n'):
                 raise ValueError(f"{value!r} must be 1-255 characters without quotes, backslashes, newlines")
         return v
+
+    # The approval policy (form-only approvals): the official form, its stages in order, what an
+    # unproven approval falls back to. Set together with approval_field; see docs/approvals.md.
+    form_id: str = Field("", max_length=200)
+    stages: list[ApprovalStage] = Field(default_factory=list)
+    revert_to: str = Field("", max_length=255)
+    set_status: bool = True  # OnRecord sets the approved value itself once a chain is proven
+    status_writers: list[str] = Field(default_factory=list)  # CRM users also allowed to set it
+    grace_seconds: int = Field(600, ge=0, le=7 * 86400)  # wait this long for late flow events
+    max_chain_age_days: int = Field(30, ge=1, le=3650)
+
+    @model_validator(mode="after")
+    def _policy(self) -> GovernedObject:
+        if not self.approval_field:
+            if self.stages or self.form_id or self.revert_to or self.status_writers:
+                raise ValueError("approval_field is required with form_id, stages, revert_to, status_writers")
+            return self
+        if not self.stages:
+            raise ValueError(
+                "stages: an approval policy needs at least one stage ({name, approvers}); "
+                "approval_field is set but stages is empty"
+            )
+        if not self.form_id.strip():
+            raise ValueError("form_id: is required when approval_field is set (the official form's id)")
+        names = [s.name.lower() for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stages: stage names must be unique, got {[s.name for s in self.stages]}")
+        if self.approval_field_type == "checkbox":
+            if self.revert_to:
+                raise ValueError("revert_to: a checkbox approval falls back to false; leave revert_to empty")
+        elif not self.revert_to:
+            raise ValueError("revert_to: is required (the status an unproven approval falls back to)")
+        elif self.revert_to in self.approved_values:
+            raise ValueError(f"revert_to: {self.revert_to!r} is itself an approved value")
+        return self
 
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -323,6 +388,30 @@ class ProvenanceConfig(_Section):
     key_passphrase: str = ""
 
 
+class DirectoryPerson(_Section):
+    """A person OnRecord should know by name, whatever the CRM's user table says."""
+
+    name: str = Field(min_length=1, max_length=255)
+    emails: list[str] = Field(default_factory=list)  # e-mail addresses and UPNs
+    salesforce_id: str = ""
+    groups: list[str] = Field(default_factory=list)  # approver group names this person belongs to
+
+    @field_validator("emails")
+    @classmethod
+    def _emails(cls, v: list[str]) -> list[str]:
+        for e in v:
+            if "@" not in e or len(e) > 320 or any(c.isspace() for c in e.strip()):
+                raise ValueError(f"{e!r} is not an e-mail address or UPN")
+        return [e.strip().lower() for e in v]
+
+
+class DirectoryConfig(_Section):
+    # People from configuration (always), merged with the CRM's users when Salesforce is connected.
+    people: list[DirectoryPerson] = Field(default_factory=list)
+    # How often the worker re-reads the CRM's users and public groups (0: never).
+    refresh_seconds: float = Field(3600.0, ge=0)
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -346,6 +435,7 @@ class Config(BaseModel):
     power_automate: PowerAutomateConfig = PowerAutomateConfig()
     api: ApiConfig = ApiConfig()
     provenance: ProvenanceConfig = ProvenanceConfig()
+    directory: DirectoryConfig = DirectoryConfig()
     logging: LoggingConfig = LoggingConfig()
 
 
