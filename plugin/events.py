@@ -96,6 +96,21 @@ class Timer:
     data: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Fact:
+    """Something a person did that counts (a leader signal): stored once per (kind, key).
+
+    Rules only emit facts; aggregation reads them later. A fact emitted again with the same
+    kind and key replaces the stored one (so a rule can retract it), never adds a second."""
+
+    kind: str  # "off_system_approval", "form_approval", "login", ...
+    key: str  # unique within the kind: what produced it (a change's delivery id, a response id)
+    person: str  # who: an identifier the directory resolves (CRM user id, e-mail)
+    occurred_at: datetime
+    data: Mapping[str, Any] = field(default_factory=dict)
+    retracted: bool = False  # the fact was withdrawn (e.g. a blocked approval proven late)
+
+
 @dataclass
 class Outcome:
     """What a rule decided for one event. State values of None delete the key."""
@@ -104,6 +119,7 @@ class Outcome:
     writes: list[CrmWrite] = field(default_factory=list)
     notifications: list[Notification] = field(default_factory=list)
     timers: list[Timer] = field(default_factory=list)
+    facts: list[Fact] = field(default_factory=list)
 
     def merge(self, other: Outcome) -> None:
         """Fold another rule's outcome for the same event into this one."""
@@ -111,3 +127,4 @@ class Outcome:
         self.writes.extend(other.writes)
         self.notifications.extend(other.notifications)
         self.timers.extend(other.timers)
+        self.facts.extend(other.facts)

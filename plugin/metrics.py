@@ -43,6 +43,17 @@ CRM_PAUSED = Gauge(
     "1 while writes are paused to spare the org's API budget",
     multiprocess_mode="mostrecent",
 )
+APPROVAL_VERDICTS = Counter(
+    "onrecord_approval_verdicts_total",
+    "Approval verdicts given: by verdict, and whether a person's change was judged or OnRecord set it",
+    ["verdict", "how"],
+)
+APPROVAL_VERDICT_SECONDS = Histogram(
+    "onrecord_approval_verdict_seconds",
+    "From receiving a status change to its verdict (a Pending change counts when it is settled)",
+    ["verdict"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600, 1800, 3600),
+)
 CRM_RECORDS = Counter("onrecord_crm_records_total", "Records written, by result", ["writer", "result"])
 
 

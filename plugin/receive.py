@@ -27,6 +27,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 
 from plugin import logs, metrics
 from plugin.events import Event
+from plugin.identity import canonical_event
 from plugin.inbox import StoreError, StoreResult
 
 if TYPE_CHECKING:
@@ -112,6 +113,8 @@ def receive(source: Source, environ: WSGIEnvironment, rt: Runtime) -> Reply:
         )
         sender = source.authenticate(incoming)  # before anything reads the payload
         parsed = source.parse(incoming, sender)
+        # One identity per record, whichever source named it (15- or 18-character id, GUID case).
+        parsed.events = [canonical_event(e) for e in parsed.events]
         try:
             result = (
                 rt.committer.store(parsed.events, rt.config.server.store_timeout_seconds)

@@ -25,7 +25,7 @@ from plugin import metrics
 from plugin.events import CrmWrite, Event, Notification, Outcome
 from plugin.inbox import insert_events
 from plugin.rules import Rule, StateReader
-from plugin.storage import begin_write, inbox, is_postgres, key_leases, outbox, rule_state, timers
+from plugin.storage import begin_write, facts, inbox, is_postgres, key_leases, outbox, rule_state, timers
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,7 @@ class _Staged:
     def __init__(self) -> None:
         self.outbox: list[dict[str, Any]] = []
         self.timers: list[dict[str, Any]] = []
+        self.facts: dict[tuple[str, str], dict[str, Any]] = {}  # the last word on each fact wins
 
     def add(self, rule_name: str, outcome: Outcome, event: Event, now: datetime) -> None:
         self.outbox += [_write_row(w, event, now) for w in outcome.writes]
@@ -282,12 +283,35 @@ class _Staged:
             }
             for t in outcome.timers
         ]
+        for f in outcome.facts:
+            self.facts[(f.kind, f.key)] = {
+                "kind": f.kind,
+                "fact_key": f.key,
+                "person": f.person,
+                "occurred_at": f.occurred_at,
+                "data": dict(f.data),
+                "retracted": f.retracted,
+                "event_id": event.inbox_id,
+                "updated_at": now,
+            }
 
     def store(self, conn: sa.Connection) -> None:
         if self.outbox:
             conn.execute(outbox.insert(), self.outbox)
         if self.timers:
             conn.execute(timers.insert(), self.timers)
+        if self.facts:
+            ins = _insert(conn)(facts)
+            conn.execute(
+                ins.on_conflict_do_update(
+                    index_elements=["kind", "fact_key"],
+                    set_={
+                        c: ins.excluded[c]
+                        for c in ("person", "occurred_at", "data", "retracted", "updated_at")
+                    },
+                ),
+                list(self.facts.values()),
+            )
 
 
 def _store_state(conn: sa.Connection, changes: dict[str, Any], now: datetime) -> None:

@@ -16,7 +16,8 @@ that writes the record a moment before it reports the form.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -45,6 +46,16 @@ class Attribution:
     on_behalf_of: str | None = None
     form: FormRef | None = None
     flow_run_id: str | None = None
+    actor_name: str | None = None  # the directory's names for actor and on_behalf_of
+    on_behalf_of_name: str | None = None
+
+    def named(self, name_of: Callable[[str | None], str | None]) -> Attribution:
+        """The same attribution with the people's display names filled in (where known)."""
+        return dataclasses.replace(
+            self,
+            actor_name=name_of(self.actor) if self.actor else None,
+            on_behalf_of_name=name_of(self.on_behalf_of) if self.on_behalf_of else None,
+        )
 
     def source_text(self, limit: int = 255) -> str:
         """The one line written to the record, e.g. "Form 'Budget Request' response 123 · flow run 0858"."""
@@ -54,11 +65,12 @@ class Attribution:
         if self.flow_run_id:
             parts.append(("flow run " if parts else "Flow run ") + self.flow_run_id)
         if not parts:
+            who = self.actor_name or self.actor
             parts.append(
                 {
-                    "Import": f"Import by {self.actor}",
-                    "API": f"API user {self.actor}",
-                    "UI": f"Edited in the CRM by {self.actor}",
+                    "Import": f"Import by {who}",
+                    "API": f"API user {who}",
+                    "UI": f"Edited in the CRM by {who}",
                     "Unknown": "Unknown source",
                 }.get(self.channel, self.channel)
             )

@@ -19,15 +19,16 @@ and a change older than the one last recorded (an out-of-order re-delivery).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from plugin.config import Config
+from plugin.directory import Directory
 from plugin.events import CrmWrite, Event, Outcome
 from plugin.provenance.canonical import tracked_values, values_digest
-from plugin.provenance.channels import classify, same_user
+from plugin.provenance.channels import Attribution, FormRef, classify, same_user
 from plugin.provenance.dsse import sign_envelope
 from plugin.provenance.keys import KeyStore, SigningKey
 from plugin.provenance.statement import iso, payload_of, record_statement, statement_digest
@@ -108,20 +109,39 @@ def key_store(config: Config) -> KeyStore:
     return KeyStore(directory, config.provenance.key_passphrase)
 
 
-def provenance_rule(settings: Settings, key: SigningKey) -> Rule:
-    """The rule, signing with `key`."""
+def provenance_rule(
+    settings: Settings, key: SigningKey, directory: Callable[[], Directory] = Directory
+) -> Rule:
+    """The rule, signing with `key`; people are named through `directory`."""
 
     def apply(event: Event, state: StateReader, now: datetime) -> Outcome:
+        people = directory()
         if event.kind == "record.changed":
-            return record_changed(event, state, now, settings, key)
-        return remember_context(event, state, settings)
+            return record_changed(event, state, now, settings, key, people)
+        outcome = remember_context(event, state, settings)
+        if event.object and event.record_id and event.object in settings.governed:
+            merged = _Overlay(state, outcome.state)
+            signed = approval_set(event, merged, now, settings, key, people)
+            if signed is None and event.kind == "form.submitted":
+                signed = reattribute(event, merged, now, settings, key, people)
+            if signed is not None:
+                outcome.merge(signed)
+        return outcome
 
     return Rule(name="provenance", kinds=KINDS, apply=apply)
 
 
-def provenance_rule_for(config: Config) -> Rule:
+def provenance_rule_for(config: Config, directory: Callable[[], Directory] = Directory) -> Rule:
     """The rule for a configuration, with its active signing key (KeyStoreError if none)."""
-    return provenance_rule(Settings.from_config(config), key_store(config).signing_key())
+    return provenance_rule(Settings.from_config(config), key_store(config).signing_key(), directory)
+
+
+class _Overlay(StateReader):
+    def __init__(self, base: StateReader, changes: Mapping[str, Any]) -> None:
+        self._base, self._changes = base, changes
+
+    def get(self, key: str) -> Any | None:
+        return self._changes[key] if key in self._changes else self._base.get(key)
 
 
 def remember_context(event: Event, state: StateReader, settings: Settings) -> Outcome:
@@ -149,9 +169,15 @@ def remember_context(event: Event, state: StateReader, settings: Settings) -> Ou
 
 
 def record_changed(
-    event: Event, state: StateReader, now: datetime, settings: Settings, key: SigningKey
+    event: Event,
+    state: StateReader,
+    now: datetime,
+    settings: Settings,
+    key: SigningKey,
+    people: Directory | None = None,
 ) -> Outcome:
     """Sign, chain and write back one change of a governed record (or nothing, see the module)."""
+    people = people or Directory()
     obj, record_id = event.object, event.record_id
     if obj is None or record_id is None or obj not in settings.governed:
         return Outcome()
@@ -168,16 +194,136 @@ def record_changed(
     if head is not None and values == head["values"]:
         return Outcome()
     name = fields.get("Name") if isinstance(fields.get("Name"), str) else (head or {}).get("name")
-    context = state.get(context_key(obj, record_id)) or {"forms": [], "flows": []}
     attribution = classify(
         event.occurred_at,
         event.actor,
-        [f | {"at": datetime.fromisoformat(f["at"])} for f in context["forms"]],
-        [f | {"at": datetime.fromisoformat(f["at"])} for f in context["flows"]],
+        *_context(state, obj, record_id),
         api_users=settings.api_users,
         import_users=settings.import_users,
         window=settings.window,
+    ).named(people.known_name)
+    return _sign(
+        obj,
+        record_id,
+        name,
+        values,
+        attribution,
+        event.occurred_at,
+        now,
+        {"source": event.source, "deliveryId": event.delivery_id, "rawDigest": event.raw_digest},
+        head,
+        settings,
+        key,
     )
+
+
+def _context(
+    state: StateReader, obj: str, record_id: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    context = state.get(context_key(obj, record_id)) or {"forms": [], "flows": []}
+    return (
+        [f | {"at": datetime.fromisoformat(f["at"])} for f in context["forms"]],
+        [f | {"at": datetime.fromisoformat(f["at"])} for f in context["flows"]],
+    )
+
+
+def approval_set(
+    event: Event, state: StateReader, now: datetime, settings: Settings, key: SigningKey, people: Directory
+) -> Outcome | None:
+    """Sign the approved value the approvals rule set for this event, with its proven chain."""
+    from plugin.rules.approvals import set_marker_key
+
+    obj, record_id = str(event.object), str(event.record_id)
+    marker = state.get(set_marker_key(obj, record_id))
+    if not marker or marker.get("delivery_id") != event.delivery_id:
+        return None
+    head: dict[str, Any] | None = state.get(head_key(obj, record_id))
+    values = {**(head["values"] if head else {}), marker["field"]: marker["value"]}
+    chain = marker["chain"]
+    submission = chain.get("submission") or {}
+    form = FormRef(
+        str(submission.get("form_id")),
+        str(submission.get("form_name")),
+        str(submission.get("response_id")),
+        submission.get("responder"),
+    )
+    attribution = Attribution(
+        "Form",
+        settings.integration_user or "OnRecord",
+        form.responder,
+        form,
+        on_behalf_of_name=people.known_name(form.responder),
+        actor_name="OnRecord",
+    )
+    return _sign(
+        obj,
+        record_id,
+        (head or {}).get("name"),
+        values,
+        attribution,
+        datetime.fromisoformat(marker["at"]),
+        now,
+        {"source": event.source, "deliveryId": event.delivery_id, "rawDigest": event.raw_digest},
+        head,
+        settings,
+        key,
+        approval=chain,
+    )
+
+
+def reattribute(
+    event: Event, state: StateReader, now: datetime, settings: Settings, key: SigningKey, people: Directory
+) -> Outcome | None:
+    """A form response that arrives after the change it explains: the record's latest statement,
+    signed as UI, API or Unknown, is superseded by one attributed to the form (same values)."""
+    obj, record_id = str(event.object), str(event.record_id)
+    head: dict[str, Any] | None = state.get(head_key(obj, record_id))
+    if head is None or head.get("channel") not in ("UI", "API", "Unknown"):
+        return None
+    changed_at = datetime.fromisoformat(head["changed_at"])
+    attribution = classify(
+        changed_at,
+        head.get("actor"),
+        *_context(state, obj, record_id),
+        api_users=settings.api_users,
+        import_users=settings.import_users,
+        window=settings.window,
+    ).named(people.known_name)
+    if attribution.channel != "Form":
+        return None
+    return _sign(
+        obj,
+        record_id,
+        head.get("name"),
+        head["values"],
+        attribution,
+        changed_at,
+        now,
+        {"source": event.source, "deliveryId": event.delivery_id, "rawDigest": event.raw_digest},
+        head,
+        settings,
+        key,
+        reattributed=True,
+    )
+
+
+def _sign(
+    obj: str,
+    record_id: str,
+    name: str | None,
+    values: dict[str, Any],
+    attribution: Attribution,
+    changed_at: datetime,
+    now: datetime,
+    source: dict[str, str],
+    head: Mapping[str, Any] | None,
+    settings: Settings,
+    key: SigningKey,
+    *,
+    approval: Mapping[str, Any] | None = None,
+    reattributed: bool = False,
+) -> Outcome:
+    """The signed statement of the record's values, chained to its head, and its write-back."""
     sequence = head["sequence"] + 1 if head else 1
     digest_of_values = values_digest(values)
     statement = record_statement(
@@ -187,11 +333,13 @@ def record_changed(
         values=values,
         values_digest=digest_of_values,
         attribution=attribution,
-        changed_at=event.occurred_at,
+        changed_at=changed_at,
         recorded_at=now,
-        source={"source": event.source, "deliveryId": event.delivery_id, "rawDigest": event.raw_digest},
+        source=source,
         sequence=sequence,
         previous=head["digest"] if head else None,
+        approval=approval,
+        reattributed=reattributed,
     )
     payload = payload_of(statement)
     envelope = sign_envelope(payload, key)
@@ -201,7 +349,9 @@ def record_changed(
         "digest": digest,
         "values": values,
         "name": name,
-        "changed_at": event.occurred_at.isoformat(),
+        "changed_at": changed_at.isoformat(),
+        "channel": attribution.channel,
+        "actor": attribution.actor,
     }
     pending = {
         "object": obj,

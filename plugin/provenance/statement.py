@@ -54,10 +54,19 @@ def record_statement(
     source: Mapping[str, str],
     sequence: int,
     previous: str | None,
+    approval: Mapping[str, Any] | None = None,
+    reattributed: bool = False,
 ) -> dict[str, Any]:
-    """The statement of one recorded change."""
+    """The statement of one recorded change. `approval`: the proven chain, when OnRecord set an
+    approved value; `reattributed`: the change is the previous statement's, now explained by a form
+    response that arrived after it."""
     form = attribution.form
-    return {
+    attributed: dict[str, Any] = {"agent": attribution.actor, "actedOnBehalfOf": attribution.on_behalf_of}
+    if attribution.actor_name:
+        attributed["agentName"] = attribution.actor_name
+    if attribution.on_behalf_of_name:
+        attributed["actedOnBehalfOfName"] = attribution.on_behalf_of_name
+    statement: dict[str, Any] = {
         "_type": STATEMENT_TYPE,
         "subject": [{"name": subject_name(obj, record_id), "digest": {"sha256": values_digest}}],
         "predicateType": RECORD_PREDICATE,
@@ -70,7 +79,7 @@ def record_statement(
                 else {"id": form.form_id, "name": form.form_name, "responseId": form.response_id},
                 "flowRunId": attribution.flow_run_id,
             },
-            "wasAttributedTo": {"agent": attribution.actor, "actedOnBehalfOf": attribution.on_behalf_of},
+            "wasAttributedTo": attributed,
             "generatedAtTime": iso(changed_at),
             "recordedAt": iso(recorded_at),
             "hadPrimarySource": dict(source),
@@ -78,6 +87,11 @@ def record_statement(
             "wasRevisionOf": None if previous is None else {"sha256": previous},
         },
     }
+    if approval is not None:
+        statement["predicate"]["approval"] = dict(approval)
+    if reattributed:
+        statement["predicate"]["reattributed"] = True
+    return statement
 
 
 def citation_statement(

@@ -265,7 +265,8 @@ def verdict(
 def how(predicate: Mapping[str, Any]) -> str:
     """ "entered through form 'Budget Request' (response 123) on 26 Nov 2026" and the like."""
     by = predicate.get("wasGeneratedBy") or {}
-    agent = (predicate.get("wasAttributedTo") or {}).get("agent")
+    attributed = predicate.get("wasAttributedTo") or {}
+    agent = attributed.get("agentName") or attributed.get("agent")
     form = by.get("form")
     channel = predicate.get("channel")
     if form:

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from plugin.config import Config, import_setting
+from plugin.directory import Directory
 from plugin.events import Event, Outcome
 
 
@@ -44,13 +45,36 @@ class DictState:
 
 
 def builtin_rules(config: Config) -> list[Rule]:
-    """The rules OnRecord ships; connectors and later features add theirs here."""
+    """The rules OnRecord ships; connectors and later features add theirs here.
+
+    The approvals rule comes first: when it sets an approved value, the provenance rule (next)
+    sees its marker in the same event and signs the change into the record's chain."""
     rules: list[Rule] = []
+    people = directory_for(config)
+    if any(g.approval_field and g.stages for g in config.governed):
+        from plugin.rules.approvals import Settings, approvals_rule
+
+        rules.append(approvals_rule(Settings.from_config(config), people))
     if config.governed:
         from plugin.provenance.rule import provenance_rule_for
 
-        rules.append(provenance_rule_for(config))
+        rules.append(provenance_rule_for(config, people))
     return rules
+
+
+def directory_for(config: Config) -> Callable[[], Directory]:
+    """The people directory of a configuration's database, as a snapshot provider for rules."""
+    from plugin.directory_store import DirectoryCache
+    from plugin.storage import get_engine
+
+    cache: list[DirectoryCache] = []
+
+    def current() -> Directory:
+        if not cache:  # built on first use: loading rules must not need the database
+            cache.append(DirectoryCache(get_engine(config.storage.url), config))
+        return cache[0].current()
+
+    return current
 
 
 def load_rules(config: Config) -> list[Rule]:
