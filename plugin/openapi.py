@@ -79,7 +79,11 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "form_name": _s("The form's title."),
             "response_id": {"description": "The response id: the Forms connector's integer, or a string."},
             "responder": _s("The responder's e-mail or UPN (anonymous responses are refused)."),
-            "submitted_at": _s("When it was submitted, with a time zone.", **_DATETIME),
+            "submitted_at": _s(
+                "When it was submitted: ISO 8601 with a time zone (Z or +hh:mm), or the Forms connector's "
+                "submitDate as 'Get response details' gives it, M/d/yyyy h:mm:ss AM|PM in UTC "
+                "(e.g. 8/27/2024 12:34:21 PM). A body without submitted_at may send submitDate instead."
+            ),
             "record": ref("RecordRef"),
             "answers": {
                 "type": "object",
@@ -89,7 +93,7 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "flow_run_id": _s("workflow()?['run']?['name']"),
             "flow_name": _s("The flow's display name."),
         },
-        ["form_id", "form_name", "response_id", "responder", "submitted_at", "record", "answers"],
+        ["form_id", "form_name", "response_id", "responder", "record", "answers"],
     ),
     "ApprovalResponder": _obj(
         "Who responded.",
@@ -108,7 +112,12 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "responder": ref("ApprovalResponder"),
             "requestDate": _s("When the approval was requested.", **_DATETIME),
             "responseDate": _s("When this approver responded.", **_DATETIME),
-            "approverResponse": _s("Approve or Reject (case-sensitive).", enum=["Approve", "Reject"]),
+            "approverResponse": _s(
+                "The response as the approver chose it: Approve or Reject, or a custom response option "
+                "(1-200 characters, no control characters). Kept exactly; the approval policy's "
+                "approve_responses say which texts mean yes.",
+                maxLength=200,
+            ),
             "comments": {"description": "The approver's comments (text), or null if none."},
         },
         ["responder", "requestDate", "responseDate", "approverResponse"],
@@ -118,7 +127,11 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         {
             "name": _s("The approval's id (GUID)."),
             "title": _s("The approval's title."),
-            "outcome": _s("Approve or Reject.", enum=["Approve", "Reject"]),
+            "outcome": _s(
+                "One response's approverResponse (e.g. Approve, Reject, or a custom response), or every "
+                "response's approverResponse joined by ', ' as 'Everyone must approve' and 'Wait for all "
+                "responses' give it (e.g. 'Approve, Approve, Approve'). Case-sensitive."
+            ),
             "requestDate": _s("When it was requested.", **_DATETIME),
             "completionDate": _s("When it completed.", **_DATETIME),
             "expirationDate": _s("When it expires.", **_DATETIME),
@@ -130,10 +143,11 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "ApprovalDecision": _obj(
         "One stage's decision in the two-stage approval.",
         {
-            "stage": {
-                "description": "1 or business_strategy (stage 1), 2 or finance (stage 2).",
-                "enum": [1, 2, "1", "2", "business_strategy", "finance"],
-            },
+            "stage": _s(
+                "The stage: its number 1-20 (digits; a JSON integer is accepted too) or the name the "
+                "approval policy gives it, 1-80 characters matching ^[A-Za-z][A-Za-z0-9_ .-]{0,79}$ "
+                "(e.g. 'business strategy'). Legacy: 1 or business_strategy, 2 or finance."
+            ),
             "record": ref("RecordRef"),
             "flow_run_id": _s("workflow()?['run']?['name']"),
             "approval": ref("ApprovalOutput"),

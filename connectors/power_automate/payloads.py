@@ -4,28 +4,51 @@ Three endpoints, three body shapes (the flow builds the body in the HTTP action)
 
 ``/hooks/power-automate/forms`` -> ``form.submitted``, source ``power_automate.forms``::
 
-    {"form_id", "form_name", "response_id", "responder", "submitted_at",
+    {"form_id", "form_name", "response_id", "responder", "submitted_at" | "submitDate",
      "record": {"object", "id"}, "answers": {name: value}, "flow_run_id"?}
 
   delivery id ``form:{form_id}:{response_id}``. ``response_id`` is the Forms response id (an integer
   in the Forms connector; digits-as-string and id-like strings are accepted too). Anonymous responses
-  (``responder`` = "anonymous") are refused: they cannot be attributed.
+  (``responder`` = "anonymous") are refused: they cannot be attributed. ``submitted_at`` is an ISO
+  8601 date-time with an offset, or the Forms connector's own ``submitDate`` text as "Get response
+  details" gives it (``M/d/yyyy h:mm:ss AM|PM``, e.g. "8/27/2024 12:34:21 PM": US month/day, 12-hour
+  clock, UTC); a body without ``submitted_at`` may carry the connector's ``submitDate`` instead.
 
 ``/hooks/power-automate/approvals`` -> one ``approval.decided`` per entry of ``responses[]``,
 source ``power_automate.approvals``::
 
-    {"stage": 1 | 2 | "1" | "2" | "business_strategy" | "finance",
+    {"stage": 1..20 | "1".."20" | "<stage name>",
      "record": {"object", "id"}, "flow_run_id"?, "approval": body('Start_and_wait_for_an_approval')}
 
-  ``stage`` is normalised to the integer 1 (business strategy) or 2 (finance) and the name
-  (``stage_name``). The ``approval`` object is the Approvals connector's output as Power Automate
-  gives it: ``name`` (approval id, a GUID), ``title``, ``outcome`` ("Approve"/"Reject"),
-  ``requestDate``, ``completionDate``, ``expirationDate``, ``responseSummary``, ``responses[]`` of
-  {``responder`` {id, displayName, email, tenantId, userPrincipalName}, ``requestDate``,
-  ``responseDate``, ``approverResponse`` ("Approve"/"Reject", case-sensitive), ``comments``}; its
-  other fields (``details``, ``priority``, ``respondLink``, ``approvers``, ...) are tolerated and
-  not carried. delivery id ``approval:{name}:{stage}:{responder id}``; actor = responder e-mail
-  (else UPN), lower-cased.
+  ``stage`` is a stage number (an integer 1-20, or its digits as a string) or the name the approval
+  policy gives the stage (``^[A-Za-z][A-Za-z0-9_ .-]{0,79}$``, e.g. "business strategy"). The event
+  carries ``stage`` (the number, or null when the stage is given by name) and ``stage_name`` (the
+  name as sent, or null for a number). The legacy values keep their old meaning: 1, "1" and
+  "business_strategy" are stage 1 named "business_strategy"; 2, "2" and "finance" are stage 2 named
+  "finance" (see :data:`STAGES`).
+
+  The ``approval`` object is the Approvals connector's output as Power Automate gives it: ``name``
+  (approval id, a GUID), ``title``, ``outcome``, ``requestDate``, ``completionDate``,
+  ``expirationDate``, ``responseSummary``, ``responses[]`` of {``responder`` {id, displayName, email,
+  tenantId, userPrincipalName}, ``requestDate``, ``responseDate``, ``approverResponse``,
+  ``comments``}; its other fields (``details``, ``priority``, ``respondLink``, ``approvers``, ...)
+  are tolerated and not carried. delivery id ``approval:{name}:{stage}:{responder id}``, with the
+  stage number (the name when the stage is given by name); actor = responder e-mail (else UPN),
+  lower-cased.
+
+  ``approverResponse`` is the responder's choice as text: "Approve"/"Reject" for the Approve/Reject
+  approval types, or one of the flow author's options for "Custom Responses" (e.g. "Approve with
+  conditions"). Any text of 1-200 characters without control characters is accepted and carried
+  exactly (``approver_response``): the parser does not decide which texts mean yes -- the approval
+  policy's ``approve_responses`` does. ``outcome`` is carried exactly too, with ``outcome_responses``
+  (the texts it lists). It must agree with the responses, case-sensitively, in one of two ways:
+
+  * one response's text ("First to respond", "Wait for one response", or "Reject" when an
+    "Everyone must approve" approval ends on a rejection): ``outcome_responses`` = [outcome]. A
+    built-in "Approve" outcome is refused if a response is "Reject";
+  * every response's text exactly once, in any order, joined by ", " -- what "Everyone must approve"
+    and "Wait for all responses" give, e.g. "Approve, Approve, Approve": ``outcome_responses`` = the
+    texts in the outcome's order. A custom text that itself contains ", " is matched whole.
 
 ``/hooks/power-automate/signals`` -> leader signals, source ``power_automate.signals``::
 
@@ -41,7 +64,9 @@ Validation rules common to all three:
 * unknown keys are tolerated and ignored, at every level (flow authors add fields; the Approvals
   connector adds fields over time) -- only the documented fields are read and carried;
 * timestamps are ISO 8601 date-times *with* an offset (``Z`` or ``+hh:mm``; up to 7 fraction digits
-  as ``utcNow()`` writes them); naive ones are refused; all are normalised to UTC;
+  as ``utcNow()`` writes them); naive ones are refused (the only other form accepted is the Forms
+  connector's ``submitDate`` text, which is UTC, for the forms body's submission time); all are
+  normalised to UTC;
 * strings are length-bounded; e-mail/UPN fields must look like ``local@domain.tld``;
 * every refusal is one :class:`PayloadRejected` naming the field (dotted path), to answer 400.
 """
@@ -52,8 +77,10 @@ import hashlib
 import json
 import math
 import re
+import unicodedata
 import uuid
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -87,8 +114,14 @@ MAX_TEXT_CHARS: Final = 1000
 MAX_COMMENT_CHARS: Final = 10_000
 MAX_DETAILS_BYTES: Final = 16 * 1024
 MAX_DEPTH: Final = 6
+MAX_RESPONSE_CHARS: Final = 200  # an approverResponse: "Approve"/"Reject" or a custom response option
+OUTCOME_SEPARATOR: Final = ", "  # how the connector joins the responses of an "all must respond" approval
+MAX_OUTCOME_CHARS: Final = MAX_RESPONSES * (MAX_RESPONSE_CHARS + len(OUTCOME_SEPARATOR))
+MAX_STAGE: Final = 20
+_OUTCOME_MATCH_STEPS: Final = 10_000  # bound on matching a list outcome against the responses
 
-# stage as sent -> (number, name)
+# the legacy stage values, as sent -> (number, name); other numbers 1..MAX_STAGE have no name, and
+# other names (the approval policy's) no number
 STAGES: Final[Mapping[object, tuple[int, str]]] = {
     1: (1, "business_strategy"),
     2: (2, "finance"),
@@ -108,6 +141,7 @@ SIGNAL_KINDS: Final[Mapping[str, tuple[str, Mapping[str, str]]]] = {
     "dashboard.viewed": ("user.activity", {"activity": "dashboard_view"}),
 }
 
+# the responses of the built-in Approve/Reject types; custom response types let the flow author choose
 APPROVER_RESPONSES: Final = frozenset({"Approve", "Reject"})
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,200}$")  # form ids, response ids, flow run ids (no ':')
@@ -116,6 +150,13 @@ _OBJECT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")  # Salesforce API / Dat
 _RECORD_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")  # 15/18-char Salesforce ids, GUIDs, ...
 _EMAIL_RE = re.compile(r"^[^@\s\"<>(),;:\\\[\]]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 _DATETIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,7})?)?(?P<tz>Z|z|[+-]\d{2}:\d{2})?$")
+# the Forms connector's submitDate: M/d/yyyy h:mm:ss AM|PM, in UTC (e.g. "8/27/2024 12:34:21 PM")
+_FORMS_DATETIME_RE = re.compile(
+    r"^(?P<month>\d{1,2})/(?P<day>\d{1,2})/(?P<year>\d{4}) "
+    r"(?P<hour>\d{1,2}):(?P<minute>\d{2}):(?P<second>\d{2}) (?P<half>AM|PM)$"
+)
+_STAGE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_ .-]{0,79}$")  # as plugin.config.ApprovalStage.name
+_STAGE_DIGITS_RE = re.compile(r"^[1-9][0-9]?$")
 
 
 class PayloadRejected(Exception):
@@ -170,7 +211,7 @@ def parse_forms(raw: bytes, *, sender: str = "") -> Parsed:
             "invalid_value", "responder: anonymous form responses cannot be attributed", "responder"
         )
     responder = _email_value(responder_raw, "responder")
-    submitted_at = _datetime(body, "submitted_at")
+    submitted_at = _submitted_at(body)
     obj, record_id = _record(body, "record")
     answers = _answers(body, "answers")
     flow_run_id = _optional_id(body, "flow_run_id")
@@ -203,19 +244,14 @@ def parse_approvals(raw: bytes, *, sender: str = "") -> Parsed:
     """One stage's Approvals output -> one ``approval.decided`` per response."""
     body, digest = _load(raw)
     stage, stage_name = _stage(body, "stage")
+    stage_key = str(stage) if stage is not None else stage_name  # as today for 1/2 and legacy names
     obj, record_id = _record(body, "record")
     flow_run_id = _optional_id(body, "flow_run_id")
     approval = _object(body, "approval")
 
     name = _guid(approval, "name", "approval.name")
     title = _text(approval, "title", max_len=MAX_TEXT_CHARS, path="approval.title")
-    outcome = _str(approval, "outcome", max_len=20, path="approval.outcome")
-    if outcome not in APPROVER_RESPONSES:
-        raise PayloadRejected(
-            "invalid_value",
-            f"approval.outcome must be 'Approve' or 'Reject' (case-sensitive), got {outcome!r}",
-            "approval.outcome",
-        )
+    outcome = _response_text(approval, "outcome", max_len=MAX_OUTCOME_CHARS, path="approval.outcome")
     request_date = _datetime(approval, "requestDate", path="approval.requestDate")
     completion_date = _optional_datetime(approval, "completionDate", path="approval.completionDate")
     expiration_date = _optional_datetime(approval, "expirationDate", path="approval.expirationDate")
@@ -242,15 +278,7 @@ def parse_approvals(raw: bytes, *, sender: str = "") -> Parsed:
                 f"approval.responses[{i}].responseDate precedes approval.requestDate",
                 f"approval.responses[{i}].responseDate",
             )
-    answers = [r["approver_response"] for r in parsed]
-    if outcome == "Approve" and "Reject" in answers:
-        raise PayloadRejected(
-            "invalid_value", "approval.outcome is 'Approve' but a response is 'Reject'", "approval.outcome"
-        )
-    if outcome == "Reject" and "Reject" not in answers:
-        raise PayloadRejected(
-            "invalid_value", "approval.outcome is 'Reject' but no response is 'Reject'", "approval.outcome"
-        )
+    outcome_responses = _outcome_responses(outcome, [r["approver_response"] for r in parsed])
 
     events = []
     for position, r in enumerate(parsed):
@@ -258,6 +286,7 @@ def parse_approvals(raw: bytes, *, sender: str = "") -> Parsed:
             "stage": stage,
             "stage_name": stage_name,
             "outcome": outcome,
+            "outcome_responses": list(outcome_responses),
             "approver_response": r["approver_response"],
             "comments": r["comments"],
             "approval_name": name,
@@ -276,7 +305,7 @@ def parse_approvals(raw: bytes, *, sender: str = "") -> Parsed:
         events.append(
             Event(
                 source=SOURCE_APPROVALS,
-                delivery_id=f"approval:{name}:{stage}:{r['responder_id']}",
+                delivery_id=f"approval:{name}:{stage_key}:{r['responder_id']}",
                 kind="approval.decided",
                 occurred_at=r["response_date"],
                 object=obj,
@@ -482,6 +511,47 @@ def _optional_datetime(obj: Mapping[str, Any], key: str, path: str) -> datetime 
     return _parse_datetime(value, path)
 
 
+def _submitted_at(obj: Mapping[str, Any]) -> datetime:
+    """The forms body's submission time: ``submitted_at``, else the connector's own ``submitDate``."""
+    key = (
+        "submitted_at"
+        if obj.get("submitted_at") is not None or obj.get("submitDate") is None
+        else "submitDate"
+    )
+    value = _get(obj, key, key)
+    if isinstance(value, str) and _FORMS_DATETIME_RE.match(value.strip()):
+        return _forms_datetime(value.strip(), key)
+    return _parse_datetime(value, key)
+
+
+def _forms_datetime(value: str, path: str) -> datetime:
+    """The Forms connector's ``M/d/yyyy h:mm:ss AM|PM`` (US order, 12-hour clock), which is UTC."""
+    match = _FORMS_DATETIME_RE.match(value)
+    if match is None:  # pragma: no cover - the caller matched it
+        raise PayloadRejected("invalid_datetime", f"{path} is not a valid date-time", path)
+    hour = int(match.group("hour"))
+    if not 1 <= hour <= 12:
+        raise PayloadRejected("invalid_datetime", f"{path}: the hour must be 1-12 before AM/PM", path)
+    hour = hour % 12 + (12 if match.group("half") == "PM" else 0)
+    try:
+        parsed = datetime(
+            int(match.group("year")),
+            int(match.group("month")),
+            int(match.group("day")),
+            hour,
+            int(match.group("minute")),
+            int(match.group("second")),
+            tzinfo=UTC,
+        )
+    except ValueError:
+        raise PayloadRejected(
+            "invalid_datetime", f"{path} is not a valid date-time (month/day/year h:mm:ss AM|PM)", path
+        ) from None
+    if not 2000 <= parsed.year <= 2200:
+        raise PayloadRejected("invalid_datetime", f"{path} is out of range", path)
+    return parsed
+
+
 def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -514,16 +584,30 @@ def _record(obj: Mapping[str, Any], key: str) -> tuple[str, str]:
     return sobject, record_id
 
 
-def _stage(obj: Mapping[str, Any], key: str) -> tuple[int, str]:
+def _stage(obj: Mapping[str, Any], key: str) -> tuple[int | None, str | None]:
+    """(number, name): a legacy value (see STAGES), a number 1..MAX_STAGE, or a policy's stage name."""
+    expected = f"a stage number 1-{MAX_STAGE} or a stage name matching {_STAGE_NAME_RE.pattern}"
     value = _get(obj, key, key)
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise PayloadRejected("wrong_type", f"{key} must be 1, 2, 'business_strategy' or 'finance'", key)
-    stage = STAGES.get(value)
-    if stage is None:
-        raise PayloadRejected(
-            "invalid_value", f"{key} must be 1, 2, 'business_strategy' or 'finance', got {value!r}", key
-        )
-    return stage
+        raise PayloadRejected("wrong_type", f"{key} must be {expected}", key)
+    legacy = STAGES.get(value)
+    if legacy is not None:
+        return legacy
+    number: int | None = None
+    if isinstance(value, int):
+        number = value
+    elif _STAGE_DIGITS_RE.match(value):
+        number = int(value)
+    elif _STAGE_NAME_RE.match(value):
+        return None, value
+    if number is None or not 1 <= number <= MAX_STAGE:
+        raise PayloadRejected("invalid_value", f"{key} must be {expected}, got {_show(value)}", key)
+    return number, None
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 100 else f"{text[:97]}..."
 
 
 def _answers(obj: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -596,14 +680,9 @@ def _approval_response(item: Any, path: str) -> dict[str, Any]:
     if responder.get("email") not in (None, ""):
         email = _email(responder, "email", f"{path}.responder.email")
     upn = _email(responder, "userPrincipalName", f"{path}.responder.userPrincipalName")
-    approver_response = _str(item, "approverResponse", max_len=20, path=f"{path}.approverResponse")
-    if approver_response not in APPROVER_RESPONSES:
-        raise PayloadRejected(
-            "invalid_value",
-            f"{path}.approverResponse must be 'Approve' or 'Reject' (case-sensitive), "
-            f"got {approver_response!r}",
-            f"{path}.approverResponse",
-        )
+    approver_response = _response_text(
+        item, "approverResponse", max_len=MAX_RESPONSE_CHARS, path=f"{path}.approverResponse"
+    )
     request_date = _datetime(item, "requestDate", f"{path}.requestDate")
     response_date = _datetime(item, "responseDate", f"{path}.responseDate")
     comments = _optional_text(item, "comments", max_len=MAX_COMMENT_CHARS, path=f"{path}.comments")
@@ -622,3 +701,77 @@ def _approval_response(item: Any, path: str) -> dict[str, Any]:
         "response_date": response_date,
         "comments": comments,
     }
+
+
+def _response_text(obj: Mapping[str, Any], key: str, *, max_len: int, path: str) -> str:
+    """An approverResponse or outcome: non-blank text without control characters, kept exactly."""
+    value = _str(obj, key, max_len=max_len, path=path)
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise PayloadRejected("invalid_value", f"{path} contains control characters", path)
+    return value
+
+
+def _outcome_responses(outcome: str, answers: Sequence[str]) -> tuple[str, ...]:
+    """The response texts ``approval.outcome`` lists, checked against the responses (case-sensitive).
+
+    Either the outcome is one response's text (a single-value outcome), or it is every response's
+    text exactly once, in any order, joined by ", " (what "Everyone must approve" and "Wait for all
+    responses" give). A built-in "Approve" outcome is refused when a response is "Reject".
+    """
+    if outcome in answers:
+        if outcome == "Approve" and "Reject" in answers:
+            raise PayloadRejected(
+                "invalid_value",
+                "approval.outcome is 'Approve' but a response is 'Reject'",
+                "approval.outcome",
+            )
+        return (outcome,)
+    listed = _match_outcome_list(outcome, answers)
+    if listed is None:
+        shown = ", ".join(_show(a) for a in answers[:5]) + (", ..." if len(answers) > 5 else "")
+        raise PayloadRejected(
+            "invalid_value",
+            f"approval.outcome {_show(outcome)} must be one response's approverResponse, or every "
+            f"response's approverResponse joined by ', ' (case-sensitive); the responses are {shown}",
+            "approval.outcome",
+        )
+    return listed
+
+
+def _match_outcome_list(outcome: str, answers: Sequence[str]) -> tuple[str, ...] | None:
+    """The order in which ``outcome`` lists every one of ``answers`` joined by ", ", or None.
+
+    Matching is by whole response texts, so a custom response containing ", " is not split. The
+    search backtracks only when one text is a prefix of another; it gives up after a bounded number
+    of steps (never reached by what the connector writes).
+    """
+    if len(outcome) != sum(map(len, answers)) + len(OUTCOME_SEPARATOR) * (len(answers) - 1):
+        return None
+    remaining = Counter(answers)
+    texts = sorted(remaining, key=len, reverse=True)
+    order: list[str] = []
+    steps = 0
+
+    def walk(pos: int) -> bool:
+        nonlocal steps
+        for text in texts:
+            if not remaining[text] or not outcome.startswith(text, pos):
+                continue
+            steps += 1  # a candidate: counted, as only these can make the search backtrack
+            if steps > _OUTCOME_MATCH_STEPS:
+                return False
+            end = pos + len(text)
+            last = len(order) + 1 == len(answers)
+            if last and end != len(outcome):
+                continue
+            if not last and not outcome.startswith(OUTCOME_SEPARATOR, end):
+                continue
+            remaining[text] -= 1
+            order.append(text)
+            if last or walk(end + len(OUTCOME_SEPARATOR)):
+                return True
+            order.pop()
+            remaining[text] += 1
+        return False
+
+    return tuple(order) if walk(0) else None

@@ -174,10 +174,16 @@ def test_stage_forms(sent: Any, stage: int) -> None:
     approval["stage"] = sent
     event = only(parse_approvals(encode(approval)))
     assert event.data["stage"] == stage
+    assert event.data["stage_name"] == {1: "business_strategy", 2: "finance"}[stage]
     assert event.delivery_id.split(":")[2] == str(stage)
 
 
-@pytest.mark.parametrize("sent", [0, 3, True, "Finance", "stage1", 1.0, None, [1]])
+# 3, "Finance" and "stage1" used to be refused here: approval policies now name their own stages
+# and may have up to 20, so they are accepted (see test_connector_formats.test_stage_numbers_and_names).
+@pytest.mark.parametrize(
+    "sent",
+    [0, 21, -1, True, "0", "21", "03", "3rd stage", "", " finance", "has:colon", "x" * 81, 1.0, None, [1]],
+)
 def test_bad_stage_rejected(sent: Any) -> None:
     approval = body("approvals__stage1_approved.json")
     approval["stage"] = sent
@@ -186,13 +192,47 @@ def test_bad_stage_rejected(sent: Any) -> None:
     assert info.value.field == "stage"
 
 
-@pytest.mark.parametrize("response", ["approve", "APPROVE", "Approved", "reject", "Rejected", ""])
-def test_approver_response_is_case_sensitive(response: str) -> None:
+# These texts used to be refused as approverResponse. "Custom Responses" approvals send whatever
+# option the flow author defined -- "approve" or "Approved" included -- and the outcome then repeats
+# it, so they are accepted and carried exactly; the policy's approve_responses decide what means yes.
+@pytest.mark.parametrize("response", ["approve", "APPROVE", "Approved", "reject", "Rejected"])
+def test_approver_response_is_free_text(response: str) -> None:
     approval = body("approvals__stage1_approved.json")
+    approval["approval"]["responses"][0]["approverResponse"] = response
+    approval["approval"]["outcome"] = response
+    event = only(parse_approvals(encode(approval)))
+    assert event.data["approver_response"] == response
+    assert (event.data["outcome"], event.data["outcome_responses"]) == (response, [response])
+
+
+@pytest.mark.parametrize("response", ["approve", "APPROVE", "Approved", "reject", "Rejected"])
+def test_approver_response_must_match_outcome_case_sensitively(response: str) -> None:
+    approval = body("approvals__stage1_approved.json")  # outcome "Approve"
     approval["approval"]["responses"][0]["approverResponse"] = response
     with pytest.raises(PayloadRejected) as info:
         parse_approvals(encode(approval))
-    assert info.value.field == "approval.responses[0].approverResponse"
+    assert (info.value.field, info.value.reason) == ("approval.outcome", "invalid_value")
+
+
+@pytest.mark.parametrize(
+    ("response", "reason"),
+    [
+        ("", "missing_field"),
+        ("   ", "missing_field"),
+        (None, "missing_field"),
+        (7, "wrong_type"),
+        (["Approve"], "wrong_type"),
+        ("x" * 201, "too_long"),
+        ("Approve\n", "invalid_value"),
+        ("Appr\u0007ove", "invalid_value"),
+    ],
+)
+def test_bad_approver_response_rejected(response: Any, reason: str) -> None:
+    approval = body("approvals__stage1_approved.json")
+    approval["approval"]["responses"][0]["approverResponse"] = response  # refused before the outcome check
+    with pytest.raises(PayloadRejected) as info:
+        parse_approvals(encode(approval))
+    assert (info.value.field, info.value.reason) == ("approval.responses[0].approverResponse", reason)
 
 
 def test_outcome_is_case_sensitive() -> None:
@@ -295,13 +335,13 @@ MALFORMED = {
     "malformed__forms__naive_submitted_at.json": ("forms", "submitted_at", "naive_datetime"),
     "malformed__forms__missing_record_id.json": ("forms", "record.id", "missing_field"),
     "malformed__forms__anonymous_responder.json": ("forms", "responder", "invalid_value"),
-    "malformed__approvals__lowercase_approve.json": (
-        "approvals",
-        "approval.responses[0].approverResponse",
-        "invalid_value",
-    ),
+    "malformed__forms__day_month_submit_date.json": ("forms", "submitDate", "invalid_datetime"),
+    # was malformed__approvals__lowercase_approve.json, refused at approverResponse: a lower-case
+    # "approve" is a valid custom response now, but an outcome that does not repeat it exactly is not
+    "malformed__approvals__outcome_case_mismatch.json": ("approvals", "approval.outcome", "invalid_value"),
     "malformed__approvals__bad_stage.json": ("approvals", "stage", "invalid_value"),
     "malformed__approvals__outcome_mismatch.json": ("approvals", "approval.outcome", "invalid_value"),
+    "malformed__approvals__outcome_list_short.json": ("approvals", "approval.outcome", "invalid_value"),
     "malformed__approvals__missing_responder_id.json": (
         "approvals",
         "approval.responses[0].responder.id",
@@ -325,9 +365,11 @@ def test_malformed_fixture_rejected(name: str) -> None:
     assert field in info.value.message
 
 
-def test_lowercase_approve_rejected() -> None:
+def test_outcome_case_mismatch_rejected() -> None:
+    # outcome "Approve", approverResponse "approve": the connector copies the response into the
+    # outcome verbatim, so the case must agree (the lower-case response alone is accepted now)
     with pytest.raises(PayloadRejected) as info:
-        parse_approvals(raw("malformed__approvals__lowercase_approve.json"))
+        parse_approvals(raw("malformed__approvals__outcome_case_mismatch.json"))
     assert "'approve'" in info.value.message
     assert "case-sensitive" in info.value.message
 
@@ -361,7 +403,16 @@ def test_not_a_json_object(payload: bytes, reason: str) -> None:
     [
         ("submitted_at", "2025-11-26", "invalid_datetime"),
         ("submitted_at", "26/11/2025 09:14", "invalid_datetime"),
-        ("submitted_at", "11/26/2025 9:14:07 AM", "invalid_datetime"),
+        # "11/26/2025 9:14:07 AM" was refused here; it is the Forms connector's own submitDate
+        # format, accepted now (test_connector_formats.test_forms_connector_date_formats)
+        ("submitted_at", "26/11/2025 9:14:07 AM", "invalid_datetime"),
+        ("submitted_at", "11/26/2025 13:14:07 PM", "invalid_datetime"),
+        ("submitted_at", "11/26/2025 0:14:07 AM", "invalid_datetime"),
+        ("submitted_at", "11/26/2025 9:14 AM", "invalid_datetime"),
+        ("submitted_at", "11/26/2025 9:14:07 am", "invalid_datetime"),
+        ("submitted_at", "11/26/2025 9:14:07", "invalid_datetime"),
+        ("submitted_at", "2/30/2025 9:14:07 AM", "invalid_datetime"),
+        ("submitted_at", "11/26/1999 9:14:07 AM", "invalid_datetime"),
         ("submitted_at", "2025-13-26T09:14:07Z", "invalid_datetime"),
         ("submitted_at", "2025-11-26T09:14:07.123", "naive_datetime"),
         ("submitted_at", 1764148447, "wrong_type"),
