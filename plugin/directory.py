@@ -12,19 +12,37 @@ snapshot. Identifiers are matched case-insensitively; Salesforce ids in their 15
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.salesforce.ids import is_salesforce_id
+from connectors.salesforce.ids import SUFFIX_ALPHABET, is_salesforce_id, to_18
 
 
 def _id_key(value: str) -> str:
-    """How an identifier is looked up: Salesforce ids by their case-sensitive 15-char stem."""
+    """How an identifier is looked up: Salesforce ids by their case-sensitive 15-char stem (an
+    18-character id in the wrong case gets its case back from its suffix), the rest lower-cased."""
     value = value.strip()
+    if not is_salesforce_id(value) and len(value) == 18 and value.isalnum():
+        value = _restore_case(value)
     if is_salesforce_id(value):
         return "sf:" + value[:15]
     return value.lower()
+
+
+def _restore_case(id18: str) -> str:
+    """An 18-character id whose case was lost (lower- or upper-cased), as Salesforce wrote it; the
+    value unchanged when its suffix cannot be one."""
+    suffix = id18[15:].upper()
+    if any(c not in SUFFIX_ALPHABET for c in suffix):
+        return id18
+    chars = []
+    for chunk, flag in enumerate(suffix):
+        mask = SUFFIX_ALPHABET.index(flag)
+        for i, ch in enumerate(id18[chunk * 5 : chunk * 5 + 5]):
+            chars.append(ch.upper() if mask >> i & 1 else ch.lower())
+    return "".join(chars) + suffix
 
 
 @dataclass(frozen=True)
@@ -80,18 +98,35 @@ class Directory:
     )
 
     def __post_init__(self) -> None:
-        merged: list[Person] = []
+        # People who share any identifier are one person, transitively: a later entry naming an
+        # e-mail of one earlier entry and the id of another joins all three, whatever the order.
+        given = list(self.people)
+        parent = list(range(len(given)))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        owner: dict[str, int] = {}
+        for i, person in enumerate(given):
+            for key in {_id_key(ident) for ident in person.identifiers() if ident.strip()}:
+                a, b = root(owner.setdefault(key, i)), root(i)
+                if a != b:  # a set's root is its earliest entry, so merging keeps the given order
+                    parent[max(a, b)] = min(a, b)
+        components: dict[int, list[Person]] = {}
+        for i, person in enumerate(given):
+            components.setdefault(root(i), []).append(person)
+        merged = [
+            functools.reduce(_merge, members[1:], _normalise(members[0])) for members in components.values()
+        ]
+
         by_id: dict[str, Person] = {}
-        for person in self.people:
-            known = next((by_id[k] for k in map(_id_key, person.identifiers()) if k in by_id), None)
-            if known is not None:
-                merged.remove(known)
-                person = _merge(known, person)
-            merged.append(person)
-            for ident in person.identifiers():
-                by_id[_id_key(ident)] = person
         by_group: dict[str, list[Person]] = {}
         for person in merged:
+            for ident in person.identifiers():
+                by_id[_id_key(ident)] = person
             for group in person.groups:
                 by_group.setdefault(group.strip().lower(), []).append(person)
         object.__setattr__(self, "people", tuple(merged))
@@ -119,6 +154,11 @@ class Directory:
             return "someone"
         person = self.find(identifier)
         return person.name if person is not None else identifier
+
+    def known_name(self, identifier: str | None) -> str | None:
+        """The person's display name, or None when the directory does not know them."""
+        person = self.find(identifier)
+        return person.name if person is not None else None
 
     def group(self, name: str) -> tuple[Person, ...]:
         """The members of a group (empty when no such group is known)."""
@@ -152,17 +192,49 @@ class Directory:
         return any(self.same_person(identifier, entry) for entry in loose)
 
 
-def _merge(a: Person, b: Person) -> Person:
-    def union(x: tuple[str, ...], y: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((*x, *y)))
+def _unique(values: Iterable[str], key: Any = str.lower) -> tuple[str, ...]:
+    """Blank values dropped, and the first of each set of equal ones (per `key`) kept."""
+    seen: dict[str, str] = {}
+    for value in values:
+        value = value.strip()
+        if value:
+            seen.setdefault(key(value), value)
+    return tuple(seen.values())
 
-    crm_ids = union(a.crm_ids, b.crm_ids)
+
+def _crm_id(value: str) -> str:
+    """A CRM user id as stored: Salesforce ids in their 18-character form."""
+    value = value.strip()
+    if not is_salesforce_id(value) and len(value) == 18 and value.isalnum():
+        value = _restore_case(value)
+    return to_18(value) if is_salesforce_id(value) else value
+
+
+def _normalise(person: Person) -> Person:
+    """E-mails lower case, ids 18 characters, no repeats (groups compared case-insensitively)."""
+    return Person(
+        key=person.key,
+        name=person.name,
+        emails=_unique(e.lower() for e in person.emails),
+        crm_ids=_unique((_crm_id(i) for i in person.crm_ids), key=_id_key),
+        groups=_unique(person.groups),
+        active=person.active,
+        user_type=person.user_type,
+    )
+
+
+def _merge(a: Person, b: Person) -> Person:
+    """b's entry added to a's: ids, e-mails and groups joined; b's name and user type win when set;
+    inactive when either says so (configuration, which never says, cannot re-activate a
+    deactivated CRM user)."""
+    b = _normalise(b)
+    crm_ids = _unique((*a.crm_ids, *b.crm_ids), key=_id_key)
     return Person(
         key=crm_ids[0] if crm_ids else a.key,
         name=b.name or a.name,
-        emails=union(a.emails, b.emails),
+        emails=_unique((*a.emails, *b.emails)),
         crm_ids=crm_ids,
-        groups=union(a.groups, b.groups),
-        active=b.active,
+        groups=_unique((*a.groups, *b.groups)),
+        active=a.active and b.active,
         user_type=b.user_type or a.user_type,
     )

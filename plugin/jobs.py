@@ -54,6 +54,10 @@ def builtin_jobs(config: Config) -> list[Job]:
         from connectors.salesforce.logins import login_poll_job
 
         found.append(login_poll_job(config))
+    if writer_kind(config) == "salesforce" and config.directory.refresh_seconds > 0:
+        from connectors.salesforce.users import directory_job
+
+        found.append(directory_job(config))
     return found
 
 

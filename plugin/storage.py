@@ -83,6 +83,24 @@ rule_state = sa.Table(
     sa.Column("updated_at", UtcDateTime(), nullable=False),
 )
 
+# What people did that counts (leader signals), emitted by rules: one row per (kind, key), so a
+# re-delivery or a replay never counts twice; aggregation reads them by kind and time.
+facts = sa.Table(
+    "facts",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("fact_key", sa.String(255), nullable=False),
+    sa.Column("person", sa.String(255), nullable=False),
+    sa.Column("occurred_at", UtcDateTime(), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("retracted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("event_id", sa.BigInteger().with_variant(sa.Integer, "sqlite")),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("kind", "fact_key", name="uq_facts_kind_key"),
+)
+sa.Index("ix_facts_kind_time", facts.c.kind, facts.c.occurred_at)
+
 timers = sa.Table(
     "timers",
     metadata,
@@ -334,4 +352,15 @@ provenance_checkpoints = sa.Table(
     sa.Column("root_hash", sa.String(64), nullable=False),
     sa.Column("note", sa.Text, nullable=False),
     sa.Column("created_at", UtcDateTime(), nullable=False),
+)
+
+# The people directory's CRM side: one row per person a source (the Salesforce user job) knows,
+# as Person.to_json(); configured people are not stored (plugin.directory_store merges them in).
+directory = sa.Table(
+    "directory",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),  # the person's key: the 18-char user id
+    sa.Column("source", sa.String(32), nullable=False),  # "salesforce"
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
 )

@@ -14,7 +14,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from tests.sfemu.ids import IdFactory, to18
+from tests.sfemu.ids import IdFactory, checksum, to18
 
 
 def sf_datetime(value: dt.datetime | None = None) -> str:
@@ -59,6 +59,7 @@ class ObjectDef:
     fields: dict[str, str] = field(default_factory=dict)  # lower -> canonical
     strict: bool = False  # unknown fields are INVALID_FIELD
     external_ids: set[str] | None = None  # lower-case names; None = any field may be used
+    validation_rules: dict[str, Any] = field(default_factory=dict)  # name -> formula.ValidationRule
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,11 @@ STANDARD_FIELDS = (
     "SystemModstamp",
 )
 LOGIN_HISTORY_FIELDS = ("UserId", "LoginTime", "LoginType", "Application", "Status", "SourceIp", "Platform")
+USER_FIELDS = ("Id", "Username", "Name", "Email", "FederationIdentifier", "IsActive", "UserType")
+GROUP_FIELDS = ("Name", "DeveloperName", "Type")
+GROUP_MEMBER_FIELDS = ("GroupId", "UserOrGroupId")
+# Key prefixes tests/sfemu/ids.py does not know (it would hand out a custom object's a0X).
+EXTRA_KEY_PREFIXES = {"GroupMember": "011"}
 
 
 class OrgState:
@@ -106,7 +112,9 @@ class OrgState:
         self.faults = Faults()
         self.calls: list[Call] = []
         self.define_object("LoginHistory", LOGIN_HISTORY_FIELDS, strict=True)
-        self.define_object("User", ["Id", "Username", "Name", "IsActive"], strict=False)
+        self.define_object("User", USER_FIELDS, strict=False)
+        self.define_object("Group", GROUP_FIELDS, strict=True)
+        self.define_object("GroupMember", GROUP_MEMBER_FIELDS, strict=True)
         for standard in ("Account", "Contact", "Opportunity", "Lead", "Case"):
             self.define_object(standard, ["Name"])
 
@@ -149,7 +157,18 @@ class OrgState:
 
     # --- users, apps, sessions -----------------------------------------------------------------
 
-    def add_user(self, username: str) -> str:
+    def add_user(
+        self,
+        username: str,
+        *,
+        name: str | None = None,
+        email: str | None = None,
+        federation_identifier: str | None = None,
+        user_type: str = "Standard",
+        active: bool = True,
+    ) -> str:
+        """Create a user (if new; an existing one is returned as it is); return its id. Email
+        defaults to the username, Name to the username's local part."""
         with self.lock:
             if username not in self.users:
                 user_id = self.ids.new("User")
@@ -157,10 +176,77 @@ class OrgState:
                 self.records["User"][user_id] = {
                     "Id": user_id,
                     "Username": username,
-                    "Name": username.split("@")[0],
-                    "IsActive": True,
+                    "Name": name if name is not None else username.split("@")[0],
+                    "Email": email if email is not None else username,
+                    "FederationIdentifier": federation_identifier,
+                    "IsActive": active,
+                    "UserType": user_type,
                 }
             return self.users[username]
+
+    def set_user(self, user_id: str, **fields: Any) -> None:
+        """Change a user's fields (e.g. IsActive=False to deactivate, as Salesforce never deletes)."""
+        with self.lock:
+            self.records["User"][to18(user_id)].update(fields)
+
+    def add_group(
+        self,
+        name: str,
+        members: list[str] | tuple[str, ...] = (),
+        *,
+        developer_name: str | None = None,
+        group_type: str = "Regular",
+    ) -> str:
+        """Create a Group (Type "Regular" is a public group) with these users or groups as direct
+        members; return its id. DeveloperName defaults to the name with underscores."""
+        with self.lock:
+            group_id = self.insert(
+                self.objects["group"],
+                {
+                    "Name": name,
+                    "DeveloperName": developer_name or "_".join(name.split()),
+                    "Type": group_type,
+                },
+                self._admin_id(),
+            )
+            for member in members:
+                self.add_group_member(group_id, member)
+            return group_id
+
+    def add_group_member(self, group_id: str, user_or_group_id: str) -> str:
+        """Make a user or group a direct member of a group (once); return the GroupMember id."""
+        with self.lock:
+            for row in self.records["GroupMember"].values():
+                if row["GroupId"] == to18(group_id) and row["UserOrGroupId"] == to18(user_or_group_id):
+                    return str(row["Id"])
+            values = {"GroupId": to18(group_id), "UserOrGroupId": to18(user_or_group_id)}
+            return self.insert(self.objects["groupmember"], values, self._admin_id())
+
+    def remove_group_member(self, group_id: str, user_or_group_id: str) -> bool:
+        """Take a member out of a group; whether it was one."""
+        with self.lock:
+            rows = self.records["GroupMember"]
+            found = [
+                k
+                for k, row in rows.items()
+                if row["GroupId"] == to18(group_id) and row["UserOrGroupId"] == to18(user_or_group_id)
+            ]
+            for key in found:
+                del rows[key]
+                self.deleted.add(key)
+            return bool(found)
+
+    def _admin_id(self) -> str:
+        """Who set-up records are created by: the first user (the emulator's integration user)."""
+        return next(iter(self.users.values()), "")
+
+    def new_id(self, sobject: str) -> str:
+        """A new record id, with the object's real key prefix where ids.py lacks it."""
+        prefix = EXTRA_KEY_PREFIXES.get(sobject)
+        if prefix is None:
+            return self.ids.new(sobject)
+        id15 = prefix + self.ids.new("Group")[3:15]  # the factory's numbering, another prefix
+        return id15 + checksum(id15)
 
     def new_session(self, username: str, client_id: str) -> Session:
         with self.lock:
@@ -174,7 +260,7 @@ class OrgState:
     def insert(self, odef: ObjectDef, values: dict[str, Any], user_id: str) -> str:
         """Store a new record (values already canonical); return its 18-character id."""
         with self.lock:
-            record_id = self.ids.new(odef.name)
+            record_id = self.new_id(odef.name)
             now = sf_datetime()
             record = {
                 "Id": record_id,
