@@ -272,6 +272,13 @@ def violation_fields() -> list[FieldDef]:
             {"description": "When it happened.", "label": "Occurred At", "type": "DateTime"},
         ),
         _long_text("OnRecord_Detail__c", "Detail", "The evidence and the reason, in words."),
+        _text_field(
+            "OnRecord_Actor_Name__c",
+            "Actor Name",
+            255,
+            "Who gave the approval, in words (the actor may not be a CRM user).",
+        ),
+        _text_field("OnRecord_Verdict__c", "Verdict", 20, "OnRecord's verdict on the approval."),
         _key_field("Unique per violation: OnRecord upserts by it, so a retry never duplicates one."),
     ]
 
@@ -280,9 +287,23 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _status_writer(writer: str) -> tuple[str, str]:
+    """("id", the 18-character user id) or ("username", the username) for one status writer."""
+    writer = writer.strip()
+    if "@" in writer:
+        return "username", writer.lower()  # Salesforce keeps usernames in lower case
+    if is_salesforce_id(writer) and writer.startswith("005"):
+        return "id", to_18(writer)
+    raise PackageError(
+        f"status_writers: {writer!r} is neither a Salesforce user id (005..., 15 or 18 characters) "
+        "nor a username"
+    )
+
+
 def approval_formula(governed: GovernedObject, integration_user_id: str) -> str:
-    """True (the save is refused) when someone other than the integration user sets an approved
-    status — on the configured field, or OnRecord's own OnRecord_Approval__c = Verified."""
+    """True (the save is refused) when someone other than the integration user and the policy's
+    status writers sets an approved status — on the configured field (on create, or when the
+    field changes), or OnRecord's own OnRecord_Approval__c = Verified."""
     f = governed.approval_field
     if governed.approval_field_type == "checkbox":
         approved = f
@@ -292,31 +313,72 @@ def approval_formula(governed: GovernedObject, integration_user_id: str) -> str:
             for v in governed.approved_values
         ]
         approved = tests[0] if len(tests) == 1 else f"OR({', '.join(tests)})"
-    return (
-        "AND(\n"
-        f"  CASESAFEID($User.Id) <> {_quote(to_18(integration_user_id))},\n"
-        "  OR(\n"
-        f"    AND(OR(ISNEW(), ISCHANGED({f})), {approved}),\n"
-        '    AND(OR(ISNEW(), ISCHANGED(OnRecord_Approval__c)), ISPICKVAL(OnRecord_Approval__c, "Verified"))\n'
-        "  )\n"
-        ")"
+    ids = [to_18(integration_user_id)]
+    usernames: list[str] = []
+    for writer in governed.status_writers:
+        kind, value = _status_writer(writer)
+        target = ids if kind == "id" else usernames
+        if value not in target:
+            target.append(value)
+    exempt = [f"  CASESAFEID($User.Id) <> {_quote(i)}," for i in ids]
+    exempt += [f"  $User.Username <> {_quote(u)}," for u in usernames]
+    verified = (
+        'AND(OR(ISNEW(), ISCHANGED(OnRecord_Approval__c)), ISPICKVAL(OnRecord_Approval__c, "Verified"))'
     )
+    lines = [
+        "AND(",
+        *exempt,
+        "  OR(",
+        f"    AND(OR(ISNEW(), ISCHANGED({f})), {approved}),",
+        f"    {verified}",
+        "  )",
+        ")",
+    ]
+    return "\n".join(lines)
+
+
+# Salesforce's limits: a validation rule's error message, and its formula.
+ERROR_MESSAGE_MAX = 255
+FORMULA_MAX = 3900
+
+
+def _stage_list(names: Sequence[str]) -> str:
+    return ", then ".join(names)
+
+
+def approval_message(governed: GovernedObject) -> str:
+    """The rule's error message: what to do instead, naming the form and its stages, within
+    Salesforce's 255 characters (long names give way: first the stage names, then the form id)."""
+    who = "OnRecord sets" if governed.set_status else "the approval flow sets"
+    after = f" Submit the form; {who} the status once every stage has approved."
+    stages = [s.name for s in governed.stages]
+    count = f"{len(stages)} approval stage" + ("s" if len(stages) != 1 else "")
+    form = governed.form_id.strip()
+    for middle in (f"its approval stages ({_stage_list(stages)})", f"its {count}"):
+        message = f"Approvals count only through the official form ({form}) and {middle}.{after}"
+        if len(message) <= ERROR_MESSAGE_MAX:
+            return message
+    room = ERROR_MESSAGE_MAX - len(message) + len(form) - 1
+    return message.replace(f"({form})", f"({form[:room]}\u2026)", 1)
 
 
 def approval_rule(governed: GovernedObject, integration_user_id: str) -> etree._Element:
     """The ValidationRule element (inside the object's file)."""
+    formula = approval_formula(governed, integration_user_id)
+    if len(formula) > FORMULA_MAX:
+        raise PackageError(
+            f"governed {governed.object}: the approval rule's formula would be {len(formula)} characters, "
+            f"over Salesforce's {FORMULA_MAX}; list fewer status_writers or approved_values"
+        )
     return _el(
         "validationRules",
         None,
         _el("fullName", APPROVAL_RULE),
         _el("active", "true"),
         _el("description", "OnRecord: approvals count only through the official form and its approval flow."),
-        _el("errorConditionFormula", approval_formula(governed, integration_user_id)),
+        _el("errorConditionFormula", formula),
         _el("errorDisplayField", governed.approval_field),
-        _el(
-            "errorMessage",
-            "Only OnRecord can set an approved status: submit the official form and its two-stage approval.",
-        ),
+        _el("errorMessage", approval_message(governed)),
     )
 
 
@@ -547,6 +609,7 @@ __all__ = [
     "DeployOutcome",
     "PackageError",
     "approval_formula",
+    "approval_message",
     "build_package",
     "deploy_package",
     "governed_fields",

@@ -8,6 +8,8 @@
     POST /__emulator/consumers     {"client_id", "certificate_pem"?, "client_secret"?, "run_as"?,
                                     "approved_users"?}
     POST /__emulator/login-history {"user_id", "login_time" (ISO 8601), "login_type"?, ...}
+    POST /__emulator/sessions      {"username"} -> {"access_token", "instance_url", "user_id"}:
+                                   act as that user (created if new) through REST
     POST /__emulator/faults        one or more of:
         {"expire_sessions": true}
         {"api_usage": {"used": N, "limit": M}}
@@ -71,6 +73,15 @@ def handle(emu: SalesforceEmulator, request: Request) -> Response:
         if request.method == "POST" and path == "login-history":
             when = dt.datetime.fromisoformat(body.pop("login_time").replace("Z", "+00:00"))
             return _json({"id": emu.add_login_history(body.pop("user_id"), when, **body)})
+        if request.method == "POST" and path == "sessions":
+            token = emu.login_as(str(body["username"]))
+            return _json(
+                {
+                    "access_token": token,
+                    "instance_url": emu.base_url,
+                    "user_id": emu.user_id(body["username"]),
+                }
+            )
         if request.method == "POST" and path == "faults":
             _faults(emu, body)
             return _json({"ok": True})

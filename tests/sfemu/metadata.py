@@ -8,8 +8,10 @@ sf:INVALID_SESSION_ID with HTTP 500, as Salesforce answers. deploy() answers an 
 (id, state Queued); checkDeployStatus() answers `deploy_polls` times InProgress, then the
 DeployResult with componentSuccesses / componentFailures. The package is checked the way a
 deploy fails in practice: package.xml at the zip's root (singlePackage), each member present in
-its file, every file well-formed Metadata API XML. A successful deploy (not checkOnly) defines
-the deployed objects and fields in the emulated org, so later REST calls know them.
+its file, every file well-formed Metadata API XML, each validation rule's formula within the
+subset formula.py evaluates and its errorMessage within 255 characters. A successful deploy (not
+checkOnly) defines the deployed objects, fields and validation rules in the emulated org, so later
+REST calls know them and the active rules refuse writes (see rest.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 from lxml import etree
 from werkzeug.wrappers import Request, Response
 
+from tests.sfemu.formula import FormulaError, ValidationRule, parse
+
 if TYPE_CHECKING:
     from tests.sfemu.state import OrgState
 
@@ -32,6 +36,7 @@ SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 MD_NS = "http://soap.sforce.com/2006/04/metadata"
 _MD = f"{{{MD_NS}}}"
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+ERROR_MESSAGE_MAX = 255  # a validation rule's errorMessage
 
 # Where each checked metadata type lives in an mdapi package.
 _FILES = {
@@ -110,6 +115,24 @@ def _sub(parent: etree._Element, tag: str, text: Any) -> etree._Element:
 
 def _stamp(value: dt.datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def _name(element: etree._Element) -> str:
+    return (element.findtext(_MD + "fullName") or "").strip()
+
+
+def _rule_problem(rule: etree._Element) -> str:
+    """Why Salesforce would refuse this validation rule ("" if it would not)."""
+    message = rule.findtext(_MD + "errorMessage") or ""
+    if not message.strip():
+        return "Required field is missing: errorMessage"
+    if len(message) > ERROR_MESSAGE_MAX:
+        return f"Error Message: data value too large: max length={ERROR_MESSAGE_MAX} (it is {len(message)})"
+    try:
+        parse(rule.findtext(_MD + "errorConditionFormula") or "")
+    except FormulaError as exc:
+        return f"Error Condition Formula: {exc}"
+    return ""
 
 
 class Metadata:
@@ -207,10 +230,15 @@ class Metadata:
             tag = "fields" if type_name == "CustomField" else "validationRules"
             if isinstance(root, str):
                 return Component(type_name, file_name, member, root)
-            found = root is not None and any(
-                el.findtext(_MD + "fullName") == child for el in root.findall(_MD + tag)
+            found = next(
+                (el for el in (root.findall(_MD + tag) if root is not None else []) if _name(el) == child),
+                None,
             )
-            return Component(type_name, file_name, member, "" if found else missing)
+            if found is None:
+                return Component(type_name, file_name, member, missing)
+            if type_name == "ValidationRule":
+                return Component(type_name, file_name, member, _rule_problem(found))
+            return Component(type_name, file_name, member)
         if type_name in _FILES:
             folder, suffix = _FILES[type_name]
             file_name = f"{prefix}{folder}/{member}{suffix}"
@@ -239,12 +267,21 @@ class Metadata:
             ]
             existing = self.state.object_def(obj, create=False)
             known_external = sorted(existing.external_ids) if existing and existing.external_ids else []
-            self.state.define_object(
+            odef = self.state.define_object(
                 obj,
                 fields,
                 strict=existing.strict if existing else False,
                 external_ids=[*known_external, *external] if external else None,
             )
+            with self.state.lock:
+                for el in root.findall(_MD + "validationRules"):
+                    odef.validation_rules[_name(el)] = ValidationRule(
+                        _name(el),
+                        el.findtext(_MD + "errorConditionFormula") or "",
+                        el.findtext(_MD + "errorMessage") or "",
+                        el.findtext(_MD + "errorDisplayField") or "",
+                        active=(el.findtext(_MD + "active") or "").strip() == "true",
+                    )
 
     # --- checkDeployStatus -------------------------------------------------------------------
 

@@ -4,6 +4,11 @@ Shapes follow the REST API Developer Guide: errors are a JSON array of
 {"message", "errorCode", "fields"}; sObject Collections answer 200 with one
 {"id", "success", "errors": [{"statusCode", "message", "fields"}]} per record, in order
 (upserts add "created"; failed records carry no id); at most 200 records per call.
+
+Deployed, active validation rules (metadata.py) are enforced on every write: when a rule's
+formula is true the record is left unchanged and the write answers as Salesforce does,
+FIELD_CUSTOM_VALIDATION_EXCEPTION with the rule's errorMessage and errorDisplayField (a 400 for
+single-record calls, a per-record error inside sObject Collections results).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 from werkzeug.wrappers import Request, Response
 
 from tests.sfemu import soql
+from tests.sfemu.formula import Context
 from tests.sfemu.ids import checksum, to18
 from tests.sfemu.state import ObjectDef, OrgState, Session
 
@@ -138,7 +144,9 @@ class Rest:
         if len(parts) == 1 and method == "POST":
             odef = self.odef(parts[0], create=True)
             self.records = 1
-            record_id = self.state.insert(odef, self.values(odef, self.body() or {}), self.session.user_id)
+            values = self.values(odef, self.body() or {})
+            self.check_rules(odef, None, values)
+            record_id = self.state.insert(odef, values, self.session.user_id)
             return json_response({"id": record_id, "success": True, "errors": []}, 201)
         odef = self.odef(parts[0], create=method in ("POST", "PATCH"))
         if len(parts) == 2 and parts[1] == "describe" and method == "GET":
@@ -169,6 +177,7 @@ class Rest:
                 self.records = 1
                 values = self.values(odef, self.body() or {})
                 self.check_faults(odef, [parts[2]])
+                self.check_rules(odef, None, {**values, field: parts[2]})
                 record_id = self.state.insert(odef, {**values, field: parts[2]}, self.session.user_id)
                 return json_response({"id": record_id, "success": True, "errors": [], "created": True}, 201)
             if not matches:
@@ -177,6 +186,7 @@ class Rest:
                 self.records = 1
                 values = self.values(odef, self.body() or {})
                 self.check_faults(odef, [matches[0]["Id"], parts[2]])
+                self.check_rules(odef, matches[0], values)
                 self.state.update(odef, matches[0]["Id"], values, self.session.user_id)
                 return json_response(
                     {"id": matches[0]["Id"], "success": True, "errors": [], "created": False}
@@ -193,6 +203,7 @@ class Rest:
         if method == "PATCH":
             values = self.values(odef, self.body() or {})
             self.check_faults(odef, keys)
+            self.check_rules(odef, record, values)
             self.state.update(odef, record["Id"], values, self.session.user_id)
             return Response(status=204)
         if method == "DELETE":
@@ -217,6 +228,21 @@ class Rest:
         fault = self.state.record_fault(odef, keys)
         if fault is not None:
             raise RestError(400, fault.status_code, fault.message, list(fault.fields))
+
+    def check_rules(self, odef: ObjectDef, before: dict[str, Any] | None, values: dict[str, Any]) -> None:
+        """Refuse the save, as Salesforce does, when an active validation rule's formula is true for
+        it (`before`: the stored record; None when the record is being created), as this session's
+        user. The first such rule answers."""
+        with self.state.lock:
+            rules = list(odef.validation_rules.values())
+            if not rules:
+                return
+            record = {**(before or {}), **values}
+            ctx = Context(record, before, self.session.user_id, self.session.username)
+        for rule in rules:
+            if rule.fails(ctx):
+                fields = [rule.display_field] if rule.display_field else []
+                raise RestError(400, "FIELD_CUSTOM_VALIDATION_EXCEPTION", rule.message, fields)
 
     # --- sObject Collections -------------------------------------------------------------------
 
@@ -304,6 +330,7 @@ class Rest:
     ) -> tuple[str, ObjectDef, str | None, dict[str, Any]]:
         """Validate one record; return what to do with it, or raise RestError (a per-record error)."""
         if op == "create":
+            self.check_rules(odef, None, values)
             return "create", odef, None, values
         if op == "update":
             raw_id = values.get("Id")
@@ -315,9 +342,11 @@ class Rest:
                 raise RestError(400, "MALFORMED_ID", f"malformed id {raw_id}", ["Id"]) from exc
             if record_id in self.state.deleted:
                 raise RestError(400, "ENTITY_IS_DELETED", "entity is deleted", [])
-            if self.state.find(odef, record_id) is None:
+            before = self.state.find(odef, record_id)
+            if before is None:
                 raise RestError(400, "INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", [])
             self.check_faults(odef, [record_id])
+            self.check_rules(odef, before, values)
             return "update", odef, record_id, values
         assert ext is not None
         key = values.get(ext)
@@ -335,6 +364,7 @@ class Rest:
                 [ext],
             )
         self.check_faults(odef, [str(key), *(r["Id"] for r in matches)])
+        self.check_rules(odef, matches[0] if matches else None, values)
         if matches:
             return "update", odef, matches[0]["Id"], values
         return "create", odef, None, values

@@ -8,7 +8,10 @@ Metadata API's deploy/checkDeployStatus (SOAP, see metadata.py).
         requests.post(f"{sf.base_url}/services/oauth2/token", ..., verify=sf.ca_path)
 
 Faults (thread-safe): expire_sessions, set_api_usage, lock_rows, reject_records, fail_next,
-slow_down, fail_next_deploy. Inspection: calls, records(), record(), deployments, reset().
+slow_down, fail_next_deploy. Inspection: calls, records(), record(), deployments,
+validation_rules(), reset(). Acting as a person in the CRM: login_as(username) gives an access
+token, rest_session(username) a requests session calling REST as that user; deployed validation
+rules then see that user ($User.Id, $User.Username).
 The same over HTTP under /__emulator/ (see control.py) for tests that drive a subprocess.
 """
 
@@ -34,12 +37,14 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from tests.sfemu import control, oauth
+from tests.sfemu.formula import ValidationRule
 from tests.sfemu.ids import is_valid_id, to18
 from tests.sfemu.metadata import Deployment, Metadata, fault
 from tests.sfemu.rest import Rest, RestError, json_response
 from tests.sfemu.state import Call, Consumer, OrgState, RecordFault, sf_datetime
 from tests.sfemu.tls import make_ca, make_server_cert
 
+UI_CLIENT_ID = "SfdcUI"  # the client of sessions from login_as (a person in the browser)
 _DATA_RE = re.compile(r"^/services/data/v(\d+\.\d)(?:/(.*))?$")
 _METADATA_RE = re.compile(r"^/services/Soap/m/(\d+\.\d)/deployRequest(?:/[A-Za-z0-9]+)?$")
 _FAILURES = {
@@ -188,6 +193,25 @@ class SalesforceEmulator:
 
     def user_id(self, username: str | None = None) -> str:
         return self._state.users[username or self.username]
+
+    def login_as(self, username: str) -> str:
+        """An access token for this user (created if new), as if the person had logged in to the
+        CRM: REST calls with it act as that user (CreatedById, LastModifiedById, and $User in
+        validation rules). No connected app is involved."""
+        if username not in self._state.users:
+            self._state.add_user(username)
+        return self._state.new_session(username, UI_CLIENT_ID).token
+
+    def rest_session(self, username: str | None = None) -> requests.Session:
+        """A requests session that trusts the emulator and calls it as this user (the integration
+        user if None): `Authorization: Bearer <login_as(username)>`."""
+        session = self.http_session()
+        session.headers["Authorization"] = f"Bearer {self.login_as(username or self.username)}"
+        return session
+
+    def data_url(self, path: str, version: str = "62.0") -> str:
+        """The REST URL of `path` under /services/data/v<version>/ (e.g. "sobjects/Account/001...")."""
+        return f"{self.base_url}/services/data/v{version}/{path.lstrip('/')}"
 
     def register_consumer(
         self,
@@ -359,6 +383,12 @@ class SalesforceEmulator:
         odef = self._state.object_def(sobject, create=False)
         found = self._state.find(odef, record_id) if odef else None
         return dict(found) if found else None
+
+    def validation_rules(self, sobject: str) -> list[ValidationRule]:
+        """The validation rules deployed on this object (active or not), in deploy order."""
+        odef = self._state.object_def(sobject, create=False)
+        with self._state.lock:
+            return list(odef.validation_rules.values()) if odef else []
 
     @property
     def deployments(self) -> list[Deployment]:

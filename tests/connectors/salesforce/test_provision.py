@@ -8,6 +8,7 @@ import io
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import simple_salesforce
@@ -19,6 +20,7 @@ from connectors.salesforce.provision import (
     NS,
     PackageError,
     approval_formula,
+    approval_message,
     build_package,
     deploy_package,
     is_sandbox,
@@ -36,13 +38,19 @@ XSD = "http://www.w3.org/2001/XMLSchema"
 WSDL = "http://schemas.xmlsoap.org/wsdl/"
 MD = f"{{{NS}}}"
 INTEGRATION_USER = "0055g00000IntEg"
-GOVERNED = [
+GOVERNED: list[dict[str, Any]] = [
     {"object": "Opportunity", "fields": ["Amount", "StageName"]},
     {
         "object": "Budget_Request__c",
         "fields": ["Amount__c", "Status__c"],
         "approval_field": "Status__c",
         "approved_values": ["Approved", "Approved by Finance"],
+        "form_id": "budget-request",
+        "stages": [
+            {"name": "business strategy", "approvers": ["strategy@acme.example"]},
+            {"name": "finance", "approvers": ["cfo@acme.example"]},
+        ],
+        "revert_to": "Submitted",
     },
 ]
 
@@ -180,19 +188,26 @@ def test_leader_signal_object_is_keyed_by_leader_and_period(config: Config) -> N
     assert obj.findtext(f"{MD}nameField/{MD}type") == "AutoNumber"
 
 
-def test_violation_object_records_record_actor_rule_action_and_time(config: Config) -> None:
+def test_violation_object_records_record_actor_rule_action_verdict_and_time(config: Config) -> None:
     fields = fields_of(parse(build_package(config)["objects/OnRecord_Violation__c.object"]))
 
     assert {n: f.findtext(MD + "type") for n, f in fields.items()} == {
         "OnRecord_Object__c": "Text",
         "OnRecord_Record_Id__c": "Text",
         "OnRecord_Actor__c": "Lookup",
+        "OnRecord_Actor_Name__c": "Text",
         "OnRecord_Rule__c": "Text",
         "OnRecord_Action__c": "Text",
         "OnRecord_Occurred_At__c": "DateTime",
         "OnRecord_Detail__c": "LongTextArea",
+        "OnRecord_Verdict__c": "Text",
         "OnRecord_Key__c": "Text",
     }
+    assert fields["OnRecord_Actor__c"].findtext(MD + "referenceTo") == "User"
+    assert fields["OnRecord_Actor_Name__c"].findtext(MD + "length") == "255"
+    assert fields["OnRecord_Verdict__c"].findtext(MD + "length") == "20"
+    key = fields["OnRecord_Key__c"]
+    assert (key.findtext(MD + "externalId"), key.findtext(MD + "unique")) == ("true", "true")
 
 
 def test_only_approval_governed_objects_get_the_integration_user_rule(config: Config) -> None:
@@ -226,10 +241,97 @@ def test_approved_status_test_follows_the_fields_type(kind: str, values: list[st
             "approval_field": "Stage__c",
             "approval_field_type": kind,
             "approved_values": values,
+            "form_id": "form-1",
+            "stages": [{"name": "finance", "approvers": ["cfo@acme.example"]}],
+            "revert_to": "" if kind == "checkbox" else "Draft",
         }
     )
 
     assert expected in approval_formula(governed, INTEGRATION_USER)
+
+
+def policy(**more: object) -> GovernedObject:
+    """Budget_Request__c with a two-stage policy (and `more` keys)."""
+    return GovernedObject.model_validate({**GOVERNED[1], **more})
+
+
+def test_status_writers_are_let_through_by_id_or_username() -> None:
+    flow_user = "0055g00000FlowU"
+    governed = policy(status_writers=[flow_user, "Flow.Connection@Acme.example", to_18(flow_user)])
+
+    formula = approval_formula(governed, INTEGRATION_USER)
+
+    assert formula.startswith(
+        "AND(\n"
+        f'  CASESAFEID($User.Id) <> "{to_18(INTEGRATION_USER)}",\n'
+        f'  CASESAFEID($User.Id) <> "{to_18(flow_user)}",\n'
+        '  $User.Username <> "flow.connection@acme.example",\n'
+        "  OR(\n"
+    )
+    assert formula.count("CASESAFEID") == 2  # the 15- and 18-character forms are one user
+
+
+@pytest.mark.parametrize("writer", ["flowconnection1", "0015g00000Acct1", "005 5g00000Flow"])
+def test_a_status_writer_that_is_neither_a_user_id_nor_a_username_is_refused(writer: str) -> None:
+    with pytest.raises(PackageError, match=rf"status_writers: {writer!r}"):
+        approval_formula(policy(status_writers=[writer]), INTEGRATION_USER)
+
+
+def test_too_many_status_writers_for_salesforces_formula_limit_are_refused(tmp_path: Path) -> None:
+    writers = [f"flow-connection-{i:03d}@acme.example" for i in range(120)]
+    config = make_config(
+        f"sqlite:///{tmp_path}/x.db",
+        tmp_path,
+        **{
+            "governed": [{**GOVERNED[1], "status_writers": writers}],
+            "salesforce.integration_user_id": INTEGRATION_USER,
+        },
+    )
+
+    with pytest.raises(PackageError, match=r"Budget_Request__c: .* over Salesforce's 3900"):
+        build_package(config)
+
+
+def test_the_rules_message_says_what_to_do_naming_the_form_and_its_stages(config: Config) -> None:
+    rule = parse(build_package(config)["objects/Budget_Request__c.object"]).find(MD + "validationRules")
+    assert rule is not None
+
+    assert rule.findtext(MD + "errorMessage") == (
+        "Approvals count only through the official form (budget-request) and its approval stages "
+        "(business strategy, then finance). Submit the form; OnRecord sets the status once every "
+        "stage has approved."
+    )
+
+
+def test_without_set_status_the_message_leaves_the_status_to_the_approval_flow() -> None:
+    message = approval_message(policy(set_status=False, stages=[{"name": "finance", "approvers": ["a@b.c"]}]))
+
+    assert "and its approval stages (finance). Submit the form; the approval flow sets the status" in message
+
+
+@pytest.mark.parametrize(
+    ("form_id", "stage_count", "kept"),
+    [
+        ("f" * 60, 2, "its approval stages (stage 1, then stage 2)"),
+        ("f" * 60, 9, "its 9 approval stages."),
+        ("f" * 200, 9, "its 9 approval stages."),
+    ],
+)
+def test_the_message_stays_within_salesforces_255_characters(
+    form_id: str, stage_count: int, kept: str
+) -> None:
+    long_names = "x" * 60 if stage_count > 2 else ""
+    stages = [{"name": f"stage {i + 1}{long_names}", "approvers": ["a@b.c"]} for i in range(stage_count)]
+
+    message = approval_message(policy(form_id=form_id, stages=stages))
+
+    assert len(message) <= 255
+    assert kept in message
+    assert message.endswith("Submit the form; OnRecord sets the status once every stage has approved.")
+    if len(form_id) > 100:
+        assert len(message) == 255 and "(ffff" in message and "\u2026)" in message
+    else:
+        assert f"({form_id})" in message
 
 
 def test_package_xml_names_every_component_at_the_configured_api_version(config: Config) -> None:
@@ -242,7 +344,7 @@ def test_package_xml_names_every_component_at_the_configured_api_version(config:
     assert members["CustomObject"] == ["OnRecord_Leader_Signal__c", "OnRecord_Violation__c"]
     assert "Opportunity.OnRecord_Channel__c" in members["CustomField"]
     assert "OnRecord_Leader_Signal__c.OnRecord_Key__c" in members["CustomField"]
-    assert len(members["CustomField"]) == 2 * 7 + 12 + 8
+    assert len(members["CustomField"]) == 2 * 7 + 12 + 10
     assert members["ValidationRule"] == [f"Budget_Request__c.{APPROVAL_RULE}"]
     assert members["PermissionSet"] == ["OnRecord_Integration", "OnRecord_Viewer"]
     assert package.findtext(MD + "version") == "62.0"
@@ -254,7 +356,7 @@ def test_integration_permission_set_can_edit_every_onrecord_field(config: Config
     view = parse(files["permissionsets/OnRecord_Viewer.permissionset"])
 
     editable = {p.findtext(MD + "field") for p in edit.findall(MD + "fieldPermissions")}
-    assert "Budget_Request__c.OnRecord_Approval__c" in editable and len(editable) == 34
+    assert "Budget_Request__c.OnRecord_Approval__c" in editable and len(editable) == 36
     assert {p.findtext(MD + "editable") for p in edit.findall(MD + "fieldPermissions")} == {"true"}
     assert {p.findtext(MD + "editable") for p in view.findall(MD + "fieldPermissions")} == {"false"}
     objects = {
@@ -321,6 +423,8 @@ def deploy_env(
         '[[governed]]\nobject = "Opportunity"\nfields = ["Amount"]\n'
         '[[governed]]\nobject = "Budget_Request__c"\nfields = ["Status__c"]\n'
         'approval_field = "Status__c"\napproved_values = ["Approved"]\n'
+        'form_id = "budget-request"\nrevert_to = "Submitted"\n'
+        '[[governed.stages]]\nname = "finance"\napprovers = ["cfo@acme.example"]\n'
     )
     cli_environment(monkeypatch, tmp_path, emu, keypair, toml=governed)
     emu.deploy_polls = 0  # done at the first checkDeployStatus: the command then never sleeps
@@ -343,7 +447,7 @@ def test_provision_deploy_sends_the_package_and_reports_success(
     assert deployment.files == on_disk
     assert deployment.options["rollbackOnError"].lower() == "true"  # production: all or nothing
     assert deployment.options["checkOnly"] == "false" and deployment.status == "Succeeded"
-    assert "deployed: 39 of 39 components (deploy 0Af" in capsys.readouterr().out
+    assert "deployed: 41 of 41 components (deploy 0Af" in capsys.readouterr().out
 
 
 def test_deployed_objects_can_be_written_by_their_external_id(
@@ -362,7 +466,7 @@ def test_deployed_objects_can_be_written_by_their_external_id(
         records=[RecordWrite(f"{leader}:2025-03", {"OnRecord_Leader__c": leader, "OnRecord_Logins__c": 4})],
     )
 
-    assert outcome.ok and outcome.components_deployed == outcome.components_total == 31
+    assert outcome.ok and outcome.components_deployed == outcome.components_total == 33
     assert [r.ok for r in writer.write_batch(batch)] == [True]
     (record,) = emu.records("OnRecord_Leader_Signal__c")
     assert record["OnRecord_Key__c"] == f"{leader}:2025-03" and record["OnRecord_Logins__c"] == 4
@@ -399,7 +503,7 @@ def test_check_only_deploy_validates_without_saving(
     assert main(["provision", "--deploy", "--check-only"]) == 0
 
     assert emu.deployments[0].check_only
-    assert "validated (check only): 39 of 39 components" in capsys.readouterr().out
+    assert "validated (check only): 41 of 41 components" in capsys.readouterr().out
 
 
 def test_deploy_polls_until_salesforce_says_it_is_done(
