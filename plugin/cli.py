@@ -62,6 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--token", help="API token for --url (default: the first of api.tokens)")
     p = sub.add_parser("log", help="the provenance log: print its current signed checkpoint")
     p.add_argument("action", choices=["checkpoint"])
+    p = sub.add_parser("approvals", help="approval verdicts: record, verdict, reason, who, when")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--pending", action="store_true", help="only records whose verdict is Pending")
+    which.add_argument("--blocked", action="store_true", help="only records whose verdict is Blocked")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--limit", type=int, default=100, help="records to list at most")
+    p = sub.add_parser("directory", help="list the people directory (names, e-mails, ids, groups)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--refresh", action="store_true", help="read Salesforce's users and groups first")
 
     args = parser.parse_args(argv)
     if args.config:
@@ -84,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "keys": _lazy("plugin.commands.keys", "run"),
         "verify": _lazy("plugin.commands.verify", "run"),
         "log": _lazy("plugin.commands.log", "run"),
+        "directory": _lazy("plugin.commands.directory", "run"),
+        "approvals": _lazy("plugin.commands.approvals", "run"),
     }
     return commands[args.command](args, config)
 

@@ -312,6 +312,67 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         },
         ["id", "envelope", "verified", "reason", "statement"],
     ),
+    "ApprovalStage": _obj(
+        "One stage of the chain.",
+        {
+            "name": _s("The stage, as the policy names it."),
+            "status": _s("approved, rejected or missing."),
+            "approved_at": _s("When the stage was decided (UTC), if approved."),
+            "approvers": {"type": "array", "items": {"type": "string"}, "description": "Who approved."},
+            "approver_names": {"type": "array", "items": {"type": "string"}, "description": "Their names."},
+            "problems": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Responses that did not count, and why.",
+            },
+        },
+        ["name", "status", "approvers", "approver_names", "problems"],
+    ),
+    "ApprovalChain": _obj(
+        "The record's latest form response and each stage's decisions, as of now.",
+        {
+            "status": _s("proven, failed or incomplete."),
+            "reasons": {"type": "array", "items": {"type": "string"}, "description": "Why not proven."},
+            "form_name": _s("The form, if a response was received."),
+            "response_id": _s("The form response."),
+            "requester": _s("Who submitted the form."),
+            "requester_name": _s("Their name."),
+            "submitted_at": _s("When (UTC)."),
+            "stages": {"type": "array", "items": ref("ApprovalStage")},
+        },
+        ["status", "reasons", "stages"],
+    ),
+    "ApprovalChange": _obj(
+        "A change of the approval field to an approved value, and how OnRecord judged it.",
+        {
+            "id": _s("The change's delivery id."),
+            "changed_at": _s("When it was made (UTC)."),
+            "actor": _s("Who made it (CRM user id)."),
+            "actor_name": _s("Their name."),
+            "value": _s("The value set."),
+            "verdict": _s("Verified, Pending, Blocked, or Baseline (approved before OnRecord saw it)."),
+            "reason": _s("Why, in words."),
+            "deadline": _s("Until when a Pending change waits for the flow's events."),
+            "reverted": {"type": "boolean", "description": "OnRecord reverted the value."},
+        },
+        ["id", "changed_at", "value", "verdict", "reason", "reverted"],
+    ),
+    "Approval": _obj(
+        "A record's approval: verdict, reason, chain and the changes judged.",
+        {
+            "object": _s("CRM object."),
+            "record_id": _s("Record id (18 characters for Salesforce)."),
+            "verdict": _s("Verified, Pending or Blocked (empty before any verdict)."),
+            "note": _s("What OnRecord wrote on the record, in words."),
+            "reason": _s("Why the verdict, in words."),
+            "judged_at": _s("When OnRecord gave the verdict (UTC)."),
+            "status_value": _s("The approval field's value as OnRecord last saw it."),
+            "status_by_name": _s("Who set it."),
+            "chain": ref("ApprovalChain"),
+            "changes": {"type": "array", "items": ref("ApprovalChange")},
+        },
+        ["object", "record_id", "verdict", "note", "reason", "chain", "changes"],
+    ),
     "LeaderSignals": _obj(
         "One leader's signals in a period.",
         {
@@ -493,6 +554,24 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         params=(
             Param("object", "path", "CRM object, e.g. Opportunity."),
             Param("record_id", "path", "Record id."),
+        ),
+    ),
+    Operation(
+        "get",
+        "/api/approvals/{object}/{record_id}",
+        "GetApproval",
+        "Get a record's approval",
+        "Whether the record's approval came through the official form and its stages: the verdict "
+        "(Verified, Pending, Blocked), the reason in words, the chain and the status changes judged.",
+        "api",
+        (
+            Reply("200", "The approval.", "Approval"),
+            Reply("404", "Not approval-governed, or nothing seen of this record yet.", "Error"),
+            *_API_ERRORS,
+        ),
+        params=(
+            Param("object", "path", "CRM object, e.g. Budget_Request__c."),
+            Param("record_id", "path", "Record id (15 or 18 characters)."),
         ),
     ),
     Operation(

@@ -27,6 +27,7 @@ OPERATIONS = {
     ("post", "/api/subscriptions"),
     ("delete", "/api/subscriptions/{id}"),
     ("get", "/api/provenance/{object}/{record_id}"),
+    ("get", "/api/approvals/{object}/{record_id}"),
     ("post", "/api/verify"),
     ("post", "/api/citations"),
     ("get", "/api/leaders"),
