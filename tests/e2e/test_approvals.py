@@ -29,7 +29,7 @@ from tests.connectors.salesforce.emulated_org import CLIENT_ID, connect, key_fil
 from tests.connectors.salesforce.outbound_messages import ORG_ID
 from tests.e2e.approvals_org import API_TOKEN, OUTBOUND_TOKEN, Person, Senders, policies
 from tests.sfemu import KeyPair, SalesforceEmulator, make_consumer_keypair
-from tests.support.processes import Process, Server, onrecord_env, wait_for
+from tests.support.processes import Server, onrecord_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -140,14 +140,12 @@ def org(db_url: str, tmp_path: Path) -> Iterator[Org]:
         Path(env["ONRECORD_CONFIG"]).write_text(
             f'[salesforce]\nprivate_key_file = "{key_file(keypair, tmp_path)}"\n'
         )
-        server = Server(env, tmp_path / "serve.log")
-        worker = Process(["worker"], env, tmp_path / "worker.log")
+        server = Server(env, tmp_path / "serve.log", worker=True)  # as shipped: serve runs the worker
         try:
             yield Org(emu, server.url, alex, vera, sam, casey, jane, flow_user, emu.user_id())
         finally:
             server.stop()
-            worker.stop()
-            assert "Traceback" not in worker.output(), worker.output()[-3000:]
+            assert "Traceback" not in server.output(), server.output()[-3000:]
 
 
 # -- the scenarios: each plays its story and checks the outcome ------------------------------------
@@ -375,3 +373,8 @@ def test_every_scenario_at_once_through_the_real_pipeline(org: Org) -> None:
         if error is not None:
             failures[name] = f"{type(error).__name__}: {error}"
     assert failures == {}, "\n".join(f"{k}: {v}" for k, v in failures.items())
+    metrics = requests.get(org.url + "/metrics", timeout=30).text
+    for verdict in ("Verified", "Pending", "Blocked"):
+        assert f'onrecord_approval_verdicts_total{{how="judged",verdict="{verdict}"}}' in metrics
+    assert 'onrecord_approval_verdicts_total{how="set",verdict="Verified"}' in metrics
+    assert 'onrecord_approval_verdict_seconds_count{verdict="Blocked"}' in metrics
