@@ -83,11 +83,16 @@ def matching_token(presented: str, tokens: Sequence[str]) -> int | None:
 
 
 def api_refusal(exc: ApiAuthError) -> Response:
-    """The JSON refusal: `{"error", "reason"}`, with the headers its status calls for."""
-    resp = jsonify({"error": exc.message, "reason": exc.reason})
-    resp.status_code = exc.status
-    if exc.status == 401:
+    """The JSON refusal of a request that failed authentication."""
+    return api_error(exc.status, exc.reason, exc.message)
+
+
+def api_error(status: int, reason: str, message: str) -> Response:
+    """Every /api error: `{"error", "reason"}`, with the headers its status calls for."""
+    resp = jsonify({"error": message, "reason": reason})
+    resp.status_code = status
+    if status == 401:
         resp.headers["WWW-Authenticate"] = 'Bearer realm="onrecord"'
-    elif exc.status == 503:
+    elif status == 503:
         resp.headers["Retry-After"] = "5"
     return resp

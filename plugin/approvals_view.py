@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Blueprint, Response, jsonify
 
-from plugin.api_auth import require_api_auth
+from plugin.api_auth import api_error, require_api_auth
 from plugin.config import Config
 from plugin.directory import Directory
 from plugin.directory_store import DirectoryCache
@@ -124,24 +124,18 @@ def all_records(conn: sa.Connection) -> list[tuple[str, str, Mapping[str, Any]]]
     return found
 
 
-def _error(status: int, reason: str, message: str) -> Response:
-    resp = jsonify({"error": message, "reason": reason})
-    resp.status_code = status
-    return resp
-
-
 @blueprint.get("/api/approvals/<obj>/<record_id>")
 @require_api_auth
 def approval(obj: str, record_id: str) -> Response:
     """The record's approval chain, verdict and reason."""
     rt = runtime()
     if not any(g.object == obj and g.approval_field and g.stages for g in rt.config.governed):
-        return _error(404, "not_approval_governed", f"{obj} has no approval policy")
+        return api_error(404, "not_approval_governed", f"{obj} has no approval policy")
     record_id = canonical_record_id(record_id)
     with rt.engine.connect() as conn:
         value = read(conn, obj, record_id)
     if value is None:
-        return _error(
+        return api_error(
             404, "not_seen", f"OnRecord has seen no form, decision or status change of {obj}/{record_id}"
         )
     return jsonify(describe(rt.config, _directory(rt), obj, record_id, value))

@@ -35,7 +35,7 @@ from connectors.power_automate.callbacks import (
     post_json,
     system_resolver,
 )
-from plugin.api_auth import require_api_auth
+from plugin.api_auth import api_error, require_api_auth
 from plugin.config import Config
 from plugin.crm import RecordResult
 from plugin.runtime import runtime
@@ -60,36 +60,30 @@ def cipher(keys: Sequence[str]) -> MultiFernet:
     return MultiFernet([Fernet(k.encode("ascii")) for k in keys])
 
 
-def _error(status: int, reason: str, message: str) -> Response:
-    resp = jsonify({"error": message, "reason": reason})
-    resp.status_code = status
-    return resp
-
-
 @blueprint.post("/api/subscriptions")
 @require_api_auth
 def subscribe() -> Response:
     """Register a callback for some topics; 201 with the Location to DELETE to unsubscribe."""
     config = runtime().config
     if not config.api.callback_key:
-        return _error(503, "not_configured", "no api.callback_key is configured to protect callback URLs")
+        return api_error(503, "not_configured", "no api.callback_key is configured to protect callback URLs")
     body = request.get_json(force=True, silent=True)
     if not isinstance(body, dict):
-        return _error(400, "not_json", "body must be a JSON object {callback_url, events}")
+        return api_error(400, "not_json", "body must be a JSON object {callback_url, events}")
     url = body.get("callback_url")
     events = body.get("events")
     if not isinstance(url, str) or not url:
-        return _error(400, "missing_field", "callback_url is required")
+        return api_error(400, "missing_field", "callback_url is required")
     if (
         not isinstance(events, list)
         or not events
         or not all(isinstance(e, str) and e in TOPICS for e in events)
     ):
-        return _error(400, "bad_field", f"events must be a non-empty list of {', '.join(TOPICS)}")
+        return api_error(400, "bad_field", f"events must be a non-empty list of {', '.join(TOPICS)}")
     try:
         check_url(url, CallbackPolicy.from_config(config))
     except CallbackRefused as exc:
-        return _error(400, exc.reason, exc.message)
+        return api_error(400, exc.reason, exc.message)
     subscription_id = uuid.uuid4().hex
     topics = list(dict.fromkeys(events))
     now = datetime.now(UTC)

@@ -20,7 +20,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from plugin.api_auth import require_api_auth
+from plugin.api_auth import api_error, require_api_auth
 from plugin.crm import CrmError
 from plugin.events import Event
 from plugin.inbox import insert_events
@@ -46,21 +46,13 @@ class BadRequest(Exception):
     """The body is not what the operation takes."""
 
 
-def _error(status: int, reason: str, message: str) -> Response:
-    resp = jsonify({"error": message, "reason": reason})
-    resp.status_code = status
-    if status == 503:
-        resp.headers["Retry-After"] = "5"
-    return resp
-
-
 @blueprint.get("/.well-known/onrecord-keys.json")
 def public_keys() -> Response:
     """The public JWK set; kid = RFC 7638 thumbprint = the envelopes' keyid."""
     try:
         jwks = key_store(runtime().config).jwks()
     except KeyStoreError as exc:
-        return _error(503, "no_signing_key", str(exc))
+        return api_error(503, "no_signing_key", str(exc))
     resp = jsonify(jwks)
     resp.headers["Cache-Control"] = "public, max-age=300"
     return resp
@@ -96,9 +88,9 @@ def provenance(obj: str, record_id: str) -> Response:
     try:
         loaded = load_chain(rt, key_store(rt.config), obj, record_id)
     except KeyStoreError as exc:
-        return _error(503, "no_signing_key", str(exc))
+        return api_error(503, "no_signing_key", str(exc))
     if not loaded.entries:
-        return _error(404, "not_recorded", f"no statement for {obj}/{record_id}")
+        return api_error(404, "not_recorded", f"no statement for {obj}/{record_id}")
     chain = [
         {
             "envelope": entry["envelope"],
@@ -149,12 +141,12 @@ def verify_figure() -> Response:
     try:
         body = _figure_request(request.get_json(silent=True), citation=False)
     except BadRequest as exc:
-        return _error(400, "bad_request", str(exc))
+        return api_error(400, "bad_request", str(exc))
     rt = runtime()
     try:
         loaded = load_chain(rt, key_store(rt.config), body["object"], body["id"])
     except KeyStoreError as exc:
-        return _error(503, "no_signing_key", str(exc))
+        return api_error(503, "no_signing_key", str(exc))
     result = _judge(rt, loaded, body)
     return jsonify({"verified": result.verified, "reason": result.reason, "statement": result.statement})
 
@@ -166,7 +158,7 @@ def cite() -> Response:
     try:
         body = _figure_request(request.get_json(silent=True), citation=True)
     except BadRequest as exc:
-        return _error(400, "bad_request", str(exc))
+        return api_error(400, "bad_request", str(exc))
     rt = runtime()
     store = key_store(rt.config)
     now = datetime.now(UTC)
@@ -174,7 +166,7 @@ def cite() -> Response:
         loaded = load_chain(rt, store, body["object"], body["id"])
         key = store.signing_key()
     except KeyStoreError as exc:
-        return _error(503, "no_signing_key", str(exc))
+        return api_error(503, "no_signing_key", str(exc))
     result = _judge(rt, loaded, body)
     latest = loaded.check.entries[0].statement if loaded.check.entries else None
     statement = citation_statement(

@@ -25,7 +25,7 @@ import requests
 from plugin.provenance.keys import KeyStore
 from tests.conftest import TEST_SECRET
 from tests.connectors.power_automate.support import API_KEY
-from tests.connectors.salesforce.emulated_org import CLIENT_ID, connect, key_file
+from tests.connectors.salesforce.emulated_org import connect, key_file, server_environment
 from tests.connectors.salesforce.outbound_messages import ORG_ID
 from tests.e2e.approvals_org import API_TOKEN, OUTBOUND_TOKEN, Person, Senders, policies
 from tests.sfemu import KeyPair, SalesforceEmulator, make_consumer_keypair
@@ -128,14 +128,7 @@ def org(db_url: str, tmp_path: Path) -> Iterator[Org]:
             ),
             ONRECORD_API__TOKENS=json.dumps([API_TOKEN]),
             ONRECORD_POWER_AUTOMATE__API_KEY=API_KEY,
-            ONRECORD_SALESFORCE__CLIENT_ID=CLIENT_ID,
-            ONRECORD_SALESFORCE__USERNAME=emu.username,
-            ONRECORD_SALESFORCE__LOGIN_URL=emu.base_url,
-            ONRECORD_SALESFORCE__CA_BUNDLE=emu.ca_path,
-            ONRECORD_SALESFORCE__ORG_ID=ORG_ID,
-            ONRECORD_SALESFORCE__OUTBOUND_TOKEN=OUTBOUND_TOKEN,
-            ONRECORD_SALESFORCE__INTEGRATION_USER_ID=emu.user_id(),
-            ONRECORD_SALESFORCE__POLL_LOGINS_INTERVAL_SECONDS=0,
+            **server_environment(emu, ORG_ID, OUTBOUND_TOKEN),
         )
         Path(env["ONRECORD_CONFIG"]).write_text(
             f'[salesforce]\nprivate_key_file = "{key_file(keypair, tmp_path)}"\n'

@@ -22,7 +22,7 @@ from plugin.provenance.keys import KeyStore, keys_from_jwks
 from plugin.provenance.verify import verify_chain
 from tests.conftest import TEST_SECRET
 from tests.connectors.power_automate.support import API_KEY
-from tests.connectors.salesforce.emulated_org import CLIENT_ID, connect, key_file
+from tests.connectors.salesforce.emulated_org import connect, key_file, server_environment
 from tests.connectors.salesforce.outbound_messages import ORG_ID, envelope, notification
 from tests.sfemu import KeyPair, SalesforceEmulator, make_consumer_keypair
 from tests.support.processes import ROOT, Process, Server, onrecord_env, wait_for
@@ -57,14 +57,7 @@ def running(emu: SalesforceEmulator, sqlite_url: str, tmp_path: Path) -> Iterato
         ONRECORD_GOVERNED=json.dumps([{"object": "Opportunity", "fields": ["Amount", "StageName"]}]),
         ONRECORD_API__TOKENS=json.dumps([API_TOKEN]),
         ONRECORD_POWER_AUTOMATE__API_KEY=API_KEY,
-        ONRECORD_SALESFORCE__CLIENT_ID=CLIENT_ID,
-        ONRECORD_SALESFORCE__USERNAME=emu.username,
-        ONRECORD_SALESFORCE__LOGIN_URL=emu.base_url,
-        ONRECORD_SALESFORCE__CA_BUNDLE=emu.ca_path,
-        ONRECORD_SALESFORCE__ORG_ID=ORG_ID,
-        ONRECORD_SALESFORCE__OUTBOUND_TOKEN=TOKEN,
-        ONRECORD_SALESFORCE__INTEGRATION_USER_ID=emu.user_id(),
-        ONRECORD_SALESFORCE__POLL_LOGINS_INTERVAL_SECONDS=0,
+        **server_environment(emu, ORG_ID, TOKEN),
     )
     Path(env["ONRECORD_CONFIG"]).write_text(
         f'[salesforce]\nprivate_key_file = "{key_file(keypair, tmp_path)}"\n'

@@ -37,6 +37,21 @@ def overrides(emu: SalesforceEmulator, keypair: KeyPair, tmp_path: Path) -> dict
     }
 
 
+def server_environment(emu: SalesforceEmulator, org_id: str, outbound_token: str) -> dict[str, str]:
+    """The ONRECORD_SALESFORCE__* variables of a server connected to the emulator, as an admin sets
+    them (the JWT key file goes in the TOML: see cli_environment)."""
+    return {
+        "ONRECORD_SALESFORCE__CLIENT_ID": CLIENT_ID,
+        "ONRECORD_SALESFORCE__USERNAME": emu.username,
+        "ONRECORD_SALESFORCE__LOGIN_URL": emu.base_url,
+        "ONRECORD_SALESFORCE__CA_BUNDLE": emu.ca_path,
+        "ONRECORD_SALESFORCE__ORG_ID": org_id,
+        "ONRECORD_SALESFORCE__OUTBOUND_TOKEN": outbound_token,
+        "ONRECORD_SALESFORCE__INTEGRATION_USER_ID": emu.user_id(),
+        "ONRECORD_SALESFORCE__POLL_LOGINS_INTERVAL_SECONDS": "0",
+    }
+
+
 def cli_environment(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
