@@ -412,6 +412,76 @@ class DirectoryConfig(_Section):
     refresh_seconds: float = Field(3600.0, ge=0)
 
 
+# What each leader signal is worth in the buy-in score (published in the README; change the
+# version whenever the weights change, so a score always names the weights it was computed with).
+SIGNAL_KINDS = (
+    "login",
+    "record_touched",
+    "form_approval",
+    "off_system_approval",
+    "training",
+    "citation",
+    "report_view",
+    "dashboard_view",
+)
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "login": 1.0,
+    "record_touched": 2.0,
+    "form_approval": 3.0,
+    "off_system_approval": -10.0,
+    "training": 5.0,
+    "citation": 4.0,
+    "report_view": 0.5,
+    "dashboard_view": 0.5,
+}
+
+
+class LeaderEntry(_Section):
+    """A leader, by e-mail / UPN and/or CRM user id."""
+
+    email: str = ""
+    salesforce_id: str = ""
+    name: str = ""
+
+    @model_validator(mode="after")
+    def _identified(self) -> LeaderEntry:
+        if not self.email and not self.salesforce_id:
+            raise ValueError("a leader needs an email or a salesforce_id")
+        if self.email and ("@" not in self.email or any(c.isspace() for c in self.email.strip())):
+            raise ValueError(f"email: {self.email!r} is not an e-mail address or UPN")
+        return self
+
+
+class LeadersConfig(_Section):
+    # Who counts as a leader: listed users, and/or everyone in these Salesforce roles (UserRole.Name,
+    # resolved through the directory). Integration and flow users never count.
+    users: list[LeaderEntry] = Field(default_factory=list)
+    roles: list[str] = Field(default_factory=list)
+    # Periods: ISO weeks ("2026-W48") or days ("2026-11-26").
+    period: Literal["week", "day"] = "week"
+    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    weights_version: str = Field("2026.1", min_length=1, max_length=40)
+    # Champion candidates: the top `champions_top` leaders scoring over `champion_threshold` who
+    # gave no off-system approval in the last `champion_clean_periods` periods (this one included).
+    champions_top: int = Field(2, ge=0, le=100)
+    champion_threshold: float = 10.0
+    champion_clean_periods: int = Field(4, ge=1, le=104)
+    # Salesforce Campaign ids whose members' "Attended" status counts as training.
+    training_campaigns: list[str] = Field(default_factory=list)
+    # How often the worker recomputes the periods that changed (seconds).
+    aggregate_seconds: float = Field(60.0, gt=0)
+
+    @field_validator("weights")
+    @classmethod
+    def _known_kinds(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(SIGNAL_KINDS))
+        if unknown:
+            raise ValueError(f"unknown signal kinds {unknown}; known: {list(SIGNAL_KINDS)}")
+        if v.get("off_system_approval", 0) > 0:
+            raise ValueError("off_system_approval must weigh zero or less")
+        return {kind: float(v.get(kind, 0.0)) for kind in SIGNAL_KINDS}
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -436,6 +506,7 @@ class Config(BaseModel):
     api: ApiConfig = ApiConfig()
     provenance: ProvenanceConfig = ProvenanceConfig()
     directory: DirectoryConfig = DirectoryConfig()
+    leaders: LeadersConfig = LeadersConfig()
     logging: LoggingConfig = LoggingConfig()
 
 

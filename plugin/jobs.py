@@ -19,19 +19,23 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from plugin.config import Config, import_setting
-from plugin.events import Event
+from plugin.events import CrmWrite, Event, Notification
 from plugin.inbox import insert_events
-from plugin.storage import begin_write, is_postgres, jobs
+from plugin.outbox_rows import notification_row, write_row
+from plugin.storage import begin_write, is_postgres, jobs, outbox
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class JobRun:
-    """What one run produced."""
+    """What one run produced: events for the inbox, CRM writes and notifications for the outbox
+    (an aggregation's results), and the job's new state — all stored in one transaction."""
 
     events: Sequence[Event] = ()
     state: Mapping[str, Any] = field(default_factory=dict)
+    writes: Sequence[CrmWrite] = ()
+    notifications: Sequence[Notification] = ()
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,14 @@ class JobRunner:
         with begin_write(self.engine) as conn:
             values: dict[str, Any] = {"lease_owner": None, "lease_until": None, "next_run_at": next_run}
             if result is not None:
-                insert_events(conn, result.events, datetime.now(UTC))
+                stored_at = datetime.now(UTC)
+                insert_events(conn, result.events, stored_at)
+                rows = [write_row(w, stored_at, stored_at) for w in result.writes]
+                rows += [
+                    notification_row(n, f"job/{job.name}", stored_at, stored_at) for n in result.notifications
+                ]
+                if rows:
+                    conn.execute(outbox.insert(), rows)
                 values["state"] = dict(result.state)
             conn.execute(
                 jobs.update()

@@ -22,8 +22,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from plugin import metrics
-from plugin.events import CrmWrite, Event, Notification, Outcome
+from plugin.events import Event, Outcome
 from plugin.inbox import insert_events
+from plugin.outbox_rows import notification_row, write_row
 from plugin.rules import Rule, StateReader
 from plugin.storage import begin_write, facts, inbox, is_postgres, key_leases, outbox, rule_state, timers
 
@@ -189,7 +190,9 @@ class Worker:
                 metrics.PROCESSED.labels(row.kind).inc()
             _store_state(conn, state.changes, now)
             staged.store(conn)
-            _mark(conn, done, "done", now)
+            # processed_at is evidence of when the verdict was made: the moment it is stored, not
+            # the start of the pass (a claim and the rules come between).
+            _mark(conn, done, "done", datetime.now(UTC))
             for event_id, error in parked:
                 conn.execute(
                     inbox.update()
@@ -271,8 +274,11 @@ class _Staged:
         self.facts: dict[tuple[str, str], dict[str, Any]] = {}  # the last word on each fact wins
 
     def add(self, rule_name: str, outcome: Outcome, event: Event, now: datetime) -> None:
-        self.outbox += [_write_row(w, event, now) for w in outcome.writes]
-        self.outbox += [_notification_row(n, event, now) for n in outcome.notifications]
+        self.outbox += [write_row(w, event.occurred_at, now, event.inbox_id) for w in outcome.writes]
+        self.outbox += [
+            notification_row(n, event.ordering_key, event.occurred_at, now, event.inbox_id)
+            for n in outcome.notifications
+        ]
         self.timers += [
             {
                 "rule": rule_name,
@@ -335,40 +341,3 @@ def _mark(conn: sa.Connection, ids: list[int], status: str, now: datetime) -> No
         conn.execute(
             inbox.update().where(inbox.c.id.in_(ids)).values(status=status, processed_at=now, error=None)
         )
-
-
-def _write_row(write: CrmWrite, event: Event, now: datetime) -> dict[str, Any]:
-    by_id = write.record_id is not None
-    return {
-        **_new_outbox_row(event, now),
-        "target": "crm",
-        "object": write.object,
-        "record_key": write.record_id if by_id else write.external_id,
-        "operation": "update" if by_id else "upsert",
-        "external_id_field": write.external_id_field,
-        "payload": dict(write.fields),
-    }
-
-
-def _notification_row(note: Notification, event: Event, now: datetime) -> dict[str, Any]:
-    return {
-        **_new_outbox_row(event, now),
-        "target": "notification",
-        "object": note.topic,
-        "record_key": event.ordering_key,
-        "operation": "notify",
-        "external_id_field": None,
-        "payload": dict(note.data),
-    }
-
-
-def _new_outbox_row(event: Event, now: datetime) -> dict[str, Any]:
-    """What every outbox row starts with: the event it came from, due now, never tried."""
-    return {
-        "occurred_at": event.occurred_at,
-        "event_id": event.inbox_id,
-        "status": "pending",
-        "attempts": 0,
-        "next_attempt_at": now,
-        "created_at": now,
-    }

@@ -102,3 +102,34 @@ def test_builtin_jobs_follow_the_configuration(config: Config) -> None:
     assert [j.name for j in load_jobs(config)] == ["provenance.sequencer"]
     ungoverned = config.model_copy(update={"governed": []})
     assert load_jobs(ungoverned) == []
+
+
+def test_a_jobs_crm_writes_and_notifications_go_to_the_outbox_with_its_state(engine: sa.Engine) -> None:
+    from plugin.events import CrmWrite, Notification
+    from plugin.storage import outbox
+
+    def aggregate(state: Mapping[str, Any], now: datetime) -> JobRun:
+        write = CrmWrite(
+            object="OnRecord_Leader_Signal__c",
+            fields={"OnRecord_Score__c": 12.5},
+            external_id_field="OnRecord_Key__c",
+            external_id="005-2026-W48",
+        )
+        return JobRun(
+            state={"runs": state.get("runs", 0) + 1},
+            writes=[write],
+            notifications=[Notification("leader.champion", {"leader": "dana@contoso.com"})],
+        )
+
+    runner = JobRunner(engine, [Job(name="aggregate", interval_seconds=60, run=aggregate)], owner="w1")
+    runner.run_due(T0)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(outbox.c.target, outbox.c.operation, outbox.c.record_key, outbox.c.payload)
+        ).all()
+        state = conn.execute(sa.select(jobs.c.state).where(jobs.c.name == "aggregate")).scalar()
+    assert sorted(map(tuple, rows)) == [
+        ("crm", "upsert", "005-2026-W48", {"OnRecord_Score__c": 12.5}),
+        ("notification", "notify", "job/aggregate", {"leader": "dana@contoso.com"}),
+    ]
+    assert state == {"runs": 1}
