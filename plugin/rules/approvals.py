@@ -205,16 +205,22 @@ class _Record:
             "approval": data.get("approval_name"),
         }
         self.decisions = sorted([*self.decisions, entry], key=lambda d: (d["at"], d["id"]))[-MAX_DECISIONS:]
-        if entry["response"] in _stage_yes(self.policy):
-            self.result.facts.append(
-                Fact(
-                    kind="form_approval",
-                    key=event.delivery_id,
-                    person=str(entry["responder"]),
-                    occurred_at=event.occurred_at,
-                    data={"object": self.obj, "record_id": self.record_id, "stage": entry["stage_name"]},
-                )
+        # Deciding a stage through the form is using the system, whatever the answer: a leader
+        # signal (`form_approval`), counted once per response.
+        self.result.facts.append(
+            Fact(
+                kind="form_approval",
+                key=event.delivery_id,
+                person=str(entry["responder"]),
+                occurred_at=event.occurred_at,
+                data={
+                    "object": self.obj,
+                    "record_id": self.record_id,
+                    "stage": entry["stage_name"],
+                    "response": entry["response"],
+                },
             )
+        )
 
     def saw_change(self, event: Event) -> bool:
         """Track the status; True when this change is one to judge (a new change to approved)."""
@@ -470,10 +476,6 @@ class _Record:
         if self.marker is not None:
             self.result.state[set_marker_key(self.obj, self.record_id)] = self.marker
         return self.result
-
-
-def _stage_yes(policy: GovernedObject) -> frozenset[str]:
-    return frozenset(r for stage in policy.stages for r in stage.approve_responses)
 
 
 def _looks_like_user_id(value: Any) -> bool:
