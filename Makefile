@@ -33,6 +33,7 @@ typecheck: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(PY) bench/receive.py --repeat 3
 	$(PY) bench/salesforce.py
+	$(PY) bench/approvals.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
