@@ -109,7 +109,7 @@ def evaluate(
     """The chain for a status change (or the present) at `at`."""
     candidates = [s for s in submissions if s.form_id == policy.form_id and s.at <= at + SKEW]
     if not candidates:
-        return ChainResult("incomplete", None, reasons=(f"no response to form '{policy.form_id}'",))
+        return ChainResult("incomplete", None, reasons=("the form has no response for this record",))
     submission = max(candidates, key=lambda s: (s.at, s.response_id))
     if at - submission.at > timedelta(days=policy.max_chain_age_days):
         return ChainResult(

@@ -72,7 +72,8 @@ def pending_note(
 ) -> str:
     """What OnRecord is waiting for."""
     reasons = "; ".join(result.reasons)
-    text = f"{change_sentence(value, actor, at, directory)}; waiting until {moment(deadline)} UTC: {reasons}"
+    until = f"{moment(deadline)}:{deadline.astimezone(UTC):%S}"  # seconds: a grace may be short
+    text = f"{change_sentence(value, actor, at, directory)}; waiting until {until} UTC: {reasons}"
     return text[:NOTE_LIMIT]
 
 

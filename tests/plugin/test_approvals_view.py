@@ -111,7 +111,7 @@ def test_the_api_tells_a_flow_the_verdict_the_reason_and_the_chain(client: Flask
 def test_a_blocked_approval_reads_as_blocked_with_its_reason(client: FlaskClient) -> None:
     body = client.get(f"/api/approvals/{OBJ}/{OTHER}", headers=AUTH).json
     assert body["verdict"] == "Blocked"
-    assert body["reason"] == "no response to form 'budget-request-form'"
+    assert body["reason"] == "the form has no response for this record"
     [change] = [c for c in body["changes"] if c["verdict"] == "Blocked"]
     assert change["actor_name"] == "Jane Doe" and change["reverted"] is True
 

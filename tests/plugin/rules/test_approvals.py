@@ -62,7 +62,7 @@ def test_a_hallway_approval_is_blocked_reverted_flagged_and_counted_against_its_
     assert fields["OnRecord_Approval__c"] == "Blocked"
     assert fields["OnRecord_Approval_Note__c"] == (
         "set to Approved by Jane Doe in the CRM on 26 Nov 09:30, not through form "
-        "'budget-request-form'; no response to form 'budget-request-form'. (UTC)"
+        "'budget-request-form'; the form has no response for this record. (UTC)"
     )
     [violation] = [w for o in run.outcomes for w in o.writes if w.object == "OnRecord_Violation__c"]
     assert violation.external_id == violation_key(OBJ, RECORD, "04l-hallway")
@@ -218,6 +218,10 @@ def test_chain_events_late_inside_the_grace_window_turn_pending_into_verified() 
     run.apply([status_change(AFTER, actor=FLOW_USER)], now=AFTER)
     assert run.verdict == "Pending"
     assert run.record_fields()["OnRecord_Approval__c"] == "Pending"
+    assert run.record_fields()["OnRecord_Approval_Note__c"] == (
+        "set to Approved by 0055g00000FlowUAAR in the CRM on 26 Nov 09:30; waiting until 26 Nov "
+        "09:40:00 UTC: stage 'finance' has no decision"
+    )
     [timer_set] = [t for o in run.outcomes for t in o.timers]
     assert timer_set.due_at == AFTER + timedelta(seconds=600)
     run.apply(proven_chain()[2:], now=AFTER + timedelta(minutes=3))  # finance arrives late
