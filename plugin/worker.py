@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,6 +29,9 @@ from plugin.rules import Rule, StateReader
 from plugin.storage import begin_write, facts, inbox, is_postgres, key_leases, outbox, rule_state, timers
 
 log = logging.getLogger(__name__)
+
+
+PREFETCH_CHUNK = 500  # keys per IN (...) query: well under SQLite's bound-parameter limit
 
 
 def worker_id() -> str:
@@ -53,11 +56,20 @@ class _TxState(StateReader):
         if key in self.changes:
             return self.changes[key]
         if key not in self._cache:
-            stmt = sa.select(rule_state.c.value).where(rule_state.c.key == key)
-            if self._lock:
-                stmt = stmt.with_for_update()  # another worker's rule may share this key
-            self._cache[key] = self._conn.execute(stmt).scalar()
+            self.prefetch([key])
         return self._cache[key]
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Read the keys not read yet, PREFETCH_CHUNK at a time (absent ones are remembered too)."""
+        missing = sorted({k for k in keys if k not in self._cache and k not in self.changes})
+        for i in range(0, len(missing), PREFETCH_CHUNK):
+            chunk = missing[i : i + PREFETCH_CHUNK]
+            stmt = sa.select(rule_state.c.key, rule_state.c.value).where(rule_state.c.key.in_(chunk))
+            if self._lock:
+                stmt = stmt.with_for_update()  # another worker's rule may share these keys
+            found = dict(self._conn.execute(stmt).tuples().all())
+            for key in chunk:
+                self._cache[key] = found.get(key)
 
 
 @dataclass(frozen=True)
@@ -171,6 +183,7 @@ class Worker:
                 .order_by(inbox.c.ordering_key, inbox.c.occurred_at, inbox.c.id)
             ).all()
             state = _TxState(conn, lock=pg)
+            state.prefetch(self._state_keys(rows))
             done: list[int] = []
             parked: list[tuple[int, str]] = []
             staged = _Staged()
@@ -205,6 +218,17 @@ class Worker:
                 )
             )
         return BatchResult(done=len(done), parked=len(parked))
+
+    def _state_keys(self, rows: Sequence[Any]) -> set[str]:
+        """Every state key the rules say they will read for this batch's events."""
+        keys: set[str] = set()
+        for rule in self.rules:
+            if rule.state_keys is None:
+                continue
+            for row in rows:
+                if row.kind in rule.kinds:
+                    keys.update(rule.state_keys(row_to_event(row)))
+        return keys
 
     def apply_rules(self, event: Event, state: StateReader, now: datetime) -> list[tuple[str, Outcome]]:
         """Each interested rule's outcome; later rules see earlier rules' state changes."""

@@ -59,12 +59,14 @@ def _plain(value: Any) -> bool:
         return True
     kind = type(value)
     if kind is str:
-        return _SURROGATES.search(value) is None
+        return value.isascii() or _SURROGATES.search(value) is None
     if kind is int:
         return bool(-_SAFE_INT <= value <= _SAFE_INT)
     if kind is dict:
         return all(
-            type(k) is str and _HIGH_KEY.search(k) is None and _SURROGATES.search(k) is None and _plain(v)
+            type(k) is str
+            and (k.isascii() or (_HIGH_KEY.search(k) is None and _SURROGATES.search(k) is None))
+            and _plain(v)
             for k, v in value.items()
         )
     if kind is list:

@@ -6,7 +6,7 @@ returns what should change. The worker stores the outcome atomically with the ev
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -31,6 +31,9 @@ class Rule:
     name: str
     kinds: frozenset[str]
     apply: Callable[[Event, StateReader, datetime], Outcome]  # (event, state, now)
+    # The state keys `apply` will read for an event, when the rule can say: the worker then reads
+    # them for a whole batch in one query instead of one query per key.
+    state_keys: Callable[[Event], Iterable[str]] | None = None
 
 
 class DictState:
@@ -59,6 +62,9 @@ def builtin_rules(config: Config) -> list[Rule]:
         from plugin.provenance.rule import provenance_rule_for
 
         rules.append(provenance_rule_for(config, people))
+    from plugin.rules.signals import signals_rule
+
+    rules.append(signals_rule(config))
     return rules
 
 

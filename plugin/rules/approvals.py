@@ -95,7 +95,15 @@ def approvals_rule(settings: Settings, directory: Callable[[], Directory]) -> Ru
                 metrics.APPROVAL_VERDICT_SECONDS.labels(verdict).observe(max(seconds, 0.0))
         return outcome
 
-    return Rule(name=RULE, kinds=KINDS, apply=apply)
+    def state_keys(event: Event) -> list[str]:
+        obj, record_id = event.object, event.record_id
+        if event.kind == "timer.fired":
+            obj, record_id = event.data.get("object"), event.data.get("record_id")
+        if not obj or not record_id or obj not in settings.policies:
+            return []
+        return [state_key(obj, record_id)]
+
+    return Rule(name=RULE, kinds=KINDS, apply=apply, state_keys=state_keys)
 
 
 def is_approved(policy: GovernedObject, value: Any) -> bool:
