@@ -55,6 +55,8 @@ class ServerConfig(_Section):
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
     run_worker: bool = True  # `serve` also runs one rules worker (single-machine default)
     store_timeout_seconds: float = Field(10.0, gt=0)  # give up storing, answer 503
+    # A request's body must have arrived this long after its headers, or it gets 408.
+    body_timeout_seconds: float = Field(10.0, gt=0, le=300)
 
 
 class StorageConfig(_Section):
