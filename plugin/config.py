@@ -133,9 +133,13 @@ class SalesforceConfig(_Section):
     @field_validator("events_secret")
     @classmethod
     def _whsec(cls, v: list[str]) -> list[str]:
-        for s in v:
-            if not s.startswith("whsec_") or len(s) < 16:
-                raise ValueError("each secret must look like whsec_<base64>")
+        from plugin.signatures import SignatureError, decode_secret
+
+        for s in v:  # refused here exactly when the receiver would refuse it: never both
+            try:
+                decode_secret(s)
+            except SignatureError as exc:
+                raise ValueError(f"each secret must look like whsec_<base64>: {exc}") from None
         return v
 
     @field_validator("outbound_token")

@@ -39,13 +39,21 @@ class Verified:
 
 @functools.lru_cache(maxsize=32)  # the configured secrets: decoded once, not on every request
 def decode_secret(secret: str) -> bytes:
-    """The HMAC key inside `whsec_<base64>`."""
+    """The HMAC key inside `whsec_<base64>`; the padding may be left out, as the Standard Webhooks
+    reference libraries allow (they decode with padding restored)."""
     if not secret.startswith(_PREFIX):
         raise SignatureError("bad_secret", "secret must start with whsec_")
+    encoded = secret[len(_PREFIX) :]
     try:
-        return base64.b64decode(secret[len(_PREFIX) :], validate=True)
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise SignatureError("bad_secret", "secret is not valid base64") from exc
+    if len(key) < MIN_KEY_BYTES:
+        raise SignatureError("bad_secret", f"secret decodes to fewer than {MIN_KEY_BYTES} bytes")
+    return key
+
+
+MIN_KEY_BYTES = 16  # the reference libraries generate 24 to 64; an empty or tiny key is a mistake
 
 
 def sign(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:

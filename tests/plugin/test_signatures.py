@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import pytest
 
+from plugin import signatures
+from plugin.config import ConfigError, load_config
 from plugin.signatures import SignatureError, sign, verify
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -97,3 +100,23 @@ def test_bad_secret_is_a_signature_error() -> None:
     with pytest.raises(SignatureError) as err:
         sign("whsec_!!!", "msg_1", NOW, BODY)
     assert err.value.reason == "bad_secret"
+
+
+def test_a_secret_without_base64_padding_is_the_same_secret() -> None:
+    # The Standard Webhooks reference libraries accept whsec_ secrets with their '=' left out.
+    padded = "whsec_" + base64.b64encode(b"0123456789abcdefghij").decode()
+    assert padded.endswith("=")
+    unpadded = padded.rstrip("=")
+    body = b'{"id": 1}'
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(int(time.time()))}
+    headers["webhook-signature"] = signatures.sign(padded, "msg_1", int(headers["webhook-timestamp"]), body)
+    signatures.verify([unpadded], headers, body)
+    assert load_config(env={"ONRECORD_SALESFORCE__EVENTS_SECRET": unpadded}).salesforce.events_secret
+
+
+@pytest.mark.parametrize("secret", ["whsec_", "whsec_AAAA", "whsec_!!!!"])
+def test_an_empty_short_or_broken_secret_is_refused_at_start_up_and_at_decode(secret: str) -> None:
+    with pytest.raises(signatures.SignatureError):
+        signatures.decode_secret(secret)
+    with pytest.raises(ConfigError, match=r"salesforce\.events_secret"):
+        load_config(env={"ONRECORD_SALESFORCE__EVENTS_SECRET": secret})
