@@ -143,6 +143,18 @@ def parse_statement(payload: bytes) -> dict[str, Any]:
     statement = json.loads(payload)
     if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
         raise ValueError("not an in-toto Statement v1")
-    if not isinstance(statement.get("subject"), list) or not isinstance(statement.get("predicate"), dict):
-        raise ValueError("a statement has a subject list and a predicate")
+    subjects = statement.get("subject")
+    if not isinstance(subjects, list) or not subjects:
+        raise ValueError("a statement has a non-empty subject list")
+    for subject in subjects:  # as the in-toto attestation framework's validator requires
+        digest = subject.get("digest") if isinstance(subject, dict) else None
+        if not isinstance(digest, dict) or not digest:
+            raise ValueError("every subject has a non-empty digest")
+        if not all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in digest.items()):
+            raise ValueError("a subject's digest maps algorithm names to hex values")
+    predicate_type = statement.get("predicateType")
+    if not isinstance(predicate_type, str) or not predicate_type:
+        raise ValueError("a statement has a predicateType")
+    if not isinstance(statement.get("predicate"), dict):
+        raise ValueError("a statement has a predicate object")
     return statement

@@ -127,3 +127,31 @@ def test_after_rotation_old_statements_verify_and_new_ones_use_the_new_key(tmp_p
     assert not (tmp_path / "keys" / f"{first}.pem").exists()  # the old private key is gone
     assert [k["kid"] for k in store.jwks()["keys"]] == [second, first]
     assert all(k["kty"] == "OKP" and k["crv"] == "Ed25519" and "d" not in k for k in store.jwks()["keys"])
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        pytest.param({"subject": []}, "non-empty subject", id="empty subject"),
+        pytest.param(
+            {"subject": [{"name": "Opportunity/1"}]}, "non-empty digest", id="subject without digest"
+        ),
+        pytest.param({"subject": [{"name": "x", "digest": {}}]}, "non-empty digest", id="empty digest"),
+        pytest.param({"predicateType": ""}, "predicateType", id="empty predicateType"),
+        pytest.param({"predicate": []}, "predicate object", id="predicate not an object"),
+    ],
+)
+def test_statements_the_in_toto_validator_refuses_are_refused(change: dict, problem: str) -> None:
+    # The cases the in-toto attestation framework's reference validator refuses (issue found by
+    # trying its test statements against parse_statement).
+    from plugin.provenance.statement import STATEMENT_TYPE, parse_statement
+
+    good = {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": "Opportunity/1", "digest": {"sha256": "ab" * 32}}],
+        "predicateType": "https://onrecord.dev/attestations/record-change/v1",
+        "predicate": {},
+    }
+    parse_statement(json.dumps(good).encode())
+    with pytest.raises(ValueError, match=problem):
+        parse_statement(json.dumps(good | change).encode())
