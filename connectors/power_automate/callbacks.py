@@ -112,6 +112,8 @@ def check_url(url: str, policy: CallbackPolicy) -> Target:
     """Static checks (no DNS): https, no user info, host allowed; an IP literal must be public."""
     if not isinstance(url, str) or not url or len(url) > MAX_URL_CHARS:
         raise CallbackRefused("bad_url", f"callback_url must be a URL of at most {MAX_URL_CHARS} characters")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):  # CR, LF, NUL...: header injection
+        raise CallbackRefused("bad_url", "callback_url must not contain control characters")
     try:
         parts = urlsplit(url.strip())
         port = parts.port or 443

@@ -35,6 +35,7 @@ from connectors.power_automate.callbacks import (
     post_json,
     system_resolver,
 )
+from plugin import strict_json
 from plugin.api_auth import api_error, require_api_auth
 from plugin.config import Config
 from plugin.crm import RecordResult
@@ -67,7 +68,10 @@ def subscribe() -> Response:
     config = runtime().config
     if not config.api.callback_key:
         return api_error(503, "not_configured", "no api.callback_key is configured to protect callback URLs")
-    body = request.get_json(force=True, silent=True)
+    try:
+        body = strict_json.loads(request.get_data(cache=False))
+    except strict_json.JsonRefused as exc:
+        return api_error(400, exc.reason, exc.message)
     if not isinstance(body, dict):
         return api_error(400, "not_json", "body must be a JSON object {callback_url, events}")
     url = body.get("callback_url")

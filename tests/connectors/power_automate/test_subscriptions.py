@@ -214,6 +214,34 @@ def test_malformed_subscription_is_refused(client: FlaskClient, config: Config, 
     assert subscription_rows(config) == []
 
 
+@pytest.mark.parametrize("control", ["\r\nX-Injected: 1", "\n", "\x00"])
+def test_a_callback_url_with_control_characters_is_refused(
+    client: FlaskClient, config: Config, receiver: CallbackReceiver, control: str
+) -> None:
+    resp = subscribe(client, receiver.url() + control)
+    assert resp.status_code == 400 and resp.json["reason"] == "bad_url"
+    assert subscription_rows(config) == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (
+            b'{"callback_url": "https://a", "callback_url": "https://b", "events": ["approval.blocked"]}',
+            "duplicate_key",
+        ),
+        (b"[" * 100_000 + b"]" * 100_000, "too_deep"),
+        (b'{"events": NaN}', "not_a_number"),
+    ],
+)
+def test_a_hostile_subscription_body_is_400_naming_the_problem(
+    client: FlaskClient, config: Config, raw: bytes, reason: str
+) -> None:
+    resp = client.post("/api/subscriptions", data=raw, headers={**AUTH, "Content-Type": "application/json"})
+    assert resp.status_code == 400 and resp.json["reason"] == reason
+    assert subscription_rows(config) == []
+
+
 def test_subscribing_without_a_callback_key_fails_closed(
     sqlite_url: str, tmp_path: Path, receiver: CallbackReceiver
 ) -> None:
