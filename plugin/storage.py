@@ -210,7 +210,7 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _private_file(Path(path))
         engine = sa.create_engine(
             url,
             connect_args={"timeout": 30, "check_same_thread": False},
@@ -222,6 +222,17 @@ def make_engine(url: str) -> Engine:
         sa.event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     return sa.create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=True)
+
+
+def _private_file(path: Path) -> None:
+    """The database (and so its -wal and -shm files, which SQLite creates with the database's
+    mode) readable by OnRecord's user only: it holds every payload received."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
