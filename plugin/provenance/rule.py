@@ -9,7 +9,9 @@ without a database; the worker needs no change to sign. The rule
 - for a `record.changed` of a governed object whose tracked values changed: classifies it, builds
   the in-toto statement, signs it into a DSSE envelope, chains it to the record's previous one,
   leaves it for the log (state key `provenance:pending:...`, sequenced by `log.integrate`), and
-  writes channel, source, time, digest and envelope back to the record through the outbox.
+  writes channel, source, time, digest and envelope back to the record through the outbox;
+  a change a person made (not an import, not an API or import user) is also a `record_touched`
+  leader signal (a fact about the actor, one per change).
 
 It ignores OnRecord's own writes: changes by the integration user, changes in which no tracked
 field is present (only OnRecord_* fields, say), changes that leave the tracked values as they were,
@@ -26,13 +28,14 @@ from typing import Any
 
 from plugin.config import Config
 from plugin.directory import Directory
-from plugin.events import CrmWrite, Event, Outcome
+from plugin.events import CrmWrite, Event, Fact, Outcome
 from plugin.provenance.canonical import tracked_values, values_digest
-from plugin.provenance.channels import Attribution, FormRef, classify, same_user
+from plugin.provenance.channels import Attribution, FormRef, classify, is_one_of, same_user
 from plugin.provenance.dsse import sign_envelope
 from plugin.provenance.keys import KeyStore, SigningKey
 from plugin.provenance.statement import iso, payload_of, record_statement, statement_digest
 from plugin.rules import Rule, StateReader
+from plugin.rules.signals import fact_key
 
 KINDS = frozenset({"record.changed", "form.submitted", "approval.decided"})
 MAX_CONTEXT = 20  # form responses and flow runs remembered per record
@@ -202,7 +205,7 @@ def record_changed(
         import_users=settings.import_users,
         window=settings.window,
     ).named(people.known_name)
-    return _sign(
+    signed = _sign(
         obj,
         record_id,
         name,
@@ -214,6 +217,31 @@ def record_changed(
         head,
         settings,
         key,
+    )
+    touched = record_touched(event, attribution, settings)
+    if touched is not None:
+        signed.facts.append(touched)
+    return signed
+
+
+def record_touched(event: Event, attribution: Attribution, settings: Settings) -> Fact | None:
+    """The `record_touched` leader signal of a signed change a person made (about `event.actor`).
+
+    Not for a change with no actor, an import (channel Import) or an integration (an actor among
+    the API or import users, whatever the channel: a flow's connection user writing a form's
+    values is no person); OnRecord's integration user never gets this far. One per change: keyed
+    by the change's source and delivery id (a replay of the same values is not signed again)."""
+    actor = event.actor
+    if not actor or attribution.channel in ("Import", "Unknown"):
+        return None
+    if is_one_of(actor, settings.api_users) or is_one_of(actor, settings.import_users):
+        return None
+    return Fact(
+        kind="record_touched",
+        key=fact_key(event.source, event.delivery_id),
+        person=actor,
+        occurred_at=event.occurred_at,
+        data={"object": event.object, "record_id": event.record_id, "channel": attribution.channel},
     )
 
 

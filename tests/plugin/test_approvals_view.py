@@ -134,6 +134,11 @@ def test_a_replayed_violation_is_one_fact_and_one_upsert_key(config: Config) -> 
         violation_keys = set(keys)
     assert sorted(stored) == sorted(
         [
+            # Jane's two creations and her hallway change are records she touched (the relayed
+            # copy of the change is not counted again); the violation is one fact.
+            ("record_touched", JANE_ID, False),
+            ("record_touched", JANE_ID, False),
+            ("record_touched", JANE_ID, False),
             ("off_system_approval", JANE_ID, False),
             ("form_approval", "vera@contoso.com", False),
             ("form_approval", "casey@contoso.com", False),

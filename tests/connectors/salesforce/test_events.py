@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from plugin.app import create_app
 from plugin.config import Config
 from plugin.storage import get_engine, inbox
 from tests.conftest import TEST_SECRET, make_config
-from tests.support.events import ORG_ID, change_event, record_id, signed, signed_headers
+from tests.support.events import ORG_ID, USER_ID, change_event, record_id, signed, signed_headers
 
 URL = "/hooks/salesforce/events"
 OTHER_SECRET = "whsec_" + "B" * 43 + "="
@@ -248,3 +249,194 @@ def test_a_batch_under_the_longest_webhook_id_is_stored_and_deduplicated(
     rows = stored(config)
     assert len(rows) == 12 and all(len(r.delivery_id) <= 255 for r in rows)
     assert len({r.delivery_id for r in rows}) == 12
+
+
+# -- Real-Time Event Monitoring: report and dashboard views ------------------------------------
+
+FIXTURES = Path(__file__).resolve().parents[3] / "connectors" / "salesforce" / "fixtures"
+
+
+def monitoring(name: str, **record: Any) -> dict[str, Any]:
+    """A fixture body (`report_viewed`, `dashboard_viewed`), its record's fields changed (None: removed)."""
+    body: dict[str, Any] = json.loads((FIXTURES / f"events__{name}.json").read_text())
+    for key, value in record.items():
+        if value is None:
+            body["record"].pop(key, None)
+        else:
+            body["record"][key] = value
+    return body
+
+
+def test_a_report_run_from_event_monitoring_is_stored_as_a_report_view(
+    client: FlaskClient, config: Config
+) -> None:
+    resp = post(client, monitoring("report_viewed"), webhook_id="msg_report")
+    assert resp.status_code == 200, resp.json
+    assert resp.json == {"stored": 1, "duplicates": 0, "ignored": 0}
+    (row,) = stored(config)
+    assert (row.source, row.kind, row.actor) == ("salesforce.events", "user.activity", USER_ID)
+    # one report run is one view, whichever chunk or copy of it arrives: keyed by its execution
+    assert row.delivery_id == "ReportEvent:a50a4025-84f2-425d-8af9-2c780869f3b5"
+    assert row.occurred_at == datetime(2026, 11, 26, 10, 15, 26, 965000, tzinfo=UTC)
+    assert row.object is None and row.record_id is None
+    assert row.data == {
+        "activity": "report_view",
+        "org_id": ORG_ID,
+        "event_id": "evt-report-1",
+        "object": "ReportEventStream",
+        "event_identifier": "0a4779b0-0da1-4619-a373-0a36991dff90",
+        "operation": "ReportRunFromLightning",
+        "username": "jane@contoso.com",
+        "report_id": "00O5g000004RpTaEAK",
+        "report_name": "Pipeline by Stage",
+        "event_source": "Lightning",
+    }
+
+
+def test_a_dashboard_opened_in_lightning_is_stored_as_a_dashboard_view(
+    client: FlaskClient, config: Config
+) -> None:
+    resp = post(client, monitoring("dashboard_viewed"))
+    assert resp.status_code == 200 and resp.json["stored"] == 1, resp.json
+    (row,) = stored(config)
+    assert (row.kind, row.actor, row.delivery_id) == (
+        "user.activity",
+        USER_ID,
+        "LightningUriEvent:7c2d9e41-3f8a-4b6c-8d1e-5a9b0c7f2e63",
+    )
+    # EventDate in milliseconds since the epoch, as the Pub/Sub API carries it
+    assert row.occurred_at == datetime(2026, 11, 26, 10, 20, tzinfo=UTC)
+    assert row.data["activity"] == "dashboard_view"
+    assert row.data["dashboard_id"] == "01Z5g000000DbRdEAK"
+    assert row.data["queried_entities"] == "Dashboard"
+
+
+def test_a_view_pushed_again_or_from_its_stored_copy_is_stored_once(
+    client: FlaskClient, config: Config
+) -> None:
+    stream = monitoring("report_viewed")
+    stored_copy = {**stream, "id": "evt-report-1-copy", "object": "ReportEvent"}
+    first = post(client, {"events": [stream, monitoring("dashboard_viewed")]})
+    again = post(client, {"events": [stored_copy, monitoring("dashboard_viewed")]})
+    assert first.json == {"stored": 2, "duplicates": 0, "ignored": 0}
+    assert again.json == {"stored": 0, "duplicates": 2, "ignored": 0}
+    assert len(stored(config)) == 2
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        monitoring("report_viewed", Operation="ReportRunFromRestApi"),
+        monitoring("report_viewed", Operation="ReportScheduled"),
+        monitoring("report_viewed", Operation="DashboardComponentUpdated"),
+        monitoring("report_viewed", IsScheduled=True),
+        monitoring("dashboard_viewed", Operation="Update"),
+    ],
+)
+def test_event_monitoring_events_that_are_no_person_viewing_are_acknowledged_and_ignored(
+    client: FlaskClient, config: Config, payload: dict[str, Any]
+) -> None:
+    resp = post(client, payload)
+    assert resp.status_code == 200 and resp.json == {"stored": 0, "duplicates": 0, "ignored": 1}
+    assert stored(config) == []
+
+
+def test_a_view_without_an_operation_counts(client: FlaskClient, config: Config) -> None:
+    resp = post(client, monitoring("report_viewed", Operation=None))
+    assert resp.json == {"stored": 1, "duplicates": 0, "ignored": 0}
+
+
+def test_the_integration_users_views_are_never_stored(db_url: str, tmp_path: Path) -> None:
+    cfg = make_config(db_url, tmp_path, **{"salesforce.integration_user_id": USER_ID[:15]})
+    client = create_app(cfg).test_client()
+    resp = post(client, {"events": [monitoring("report_viewed"), monitoring("dashboard_viewed")]})
+    assert resp.json == {"stored": 0, "duplicates": 0, "ignored": 2}
+    assert stored(cfg) == []
+
+
+def test_a_view_from_another_org_is_403(db_url: str, tmp_path: Path) -> None:
+    cfg = make_config(db_url, tmp_path, **{"salesforce.org_id": "00D000000000062"})
+    resp = post(create_app(cfg).test_client(), monitoring("dashboard_viewed"))
+    assert resp.status_code == 403 and resp.json["reason"] == "wrong_org"
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        ({**monitoring("report_viewed"), "object": "LightningUriEvent"}, "event.object must be one of"),
+        ({**monitoring("dashboard_viewed"), "object": "ReportEvent"}, "event.object must be one of"),
+        ({k: v for k, v in monitoring("report_viewed").items() if k != "object"}, "event.object"),
+        ({**monitoring("report_viewed"), "record": "ReportEvent"}, "event.record must be an object"),
+        ({**monitoring("report_viewed"), "org_id": "00D"}, "event.org_id"),
+        ({k: v for k, v in monitoring("report_viewed").items() if k != "id"}, "event.id is required"),
+        (monitoring("report_viewed", EventIdentifier=None), "event.record.EventIdentifier is required"),
+        (monitoring("report_viewed", EventIdentifier=""), "event.record.EventIdentifier"),
+        (monitoring("report_viewed", EventDate=None), "event.record.EventDate is required"),
+        (monitoring("report_viewed", EventDate="2026-11-26T10:15:26"), "event.record.EventDate must carry"),
+        (monitoring("report_viewed", EventDate="last Tuesday"), "event.record.EventDate"),
+        (monitoring("dashboard_viewed", EventDate=-1), "event.record.EventDate is out of range"),
+        (monitoring("report_viewed", UserId=None), "event.record.UserId is required"),
+        (monitoring("report_viewed", UserId=ORG_ID), "event.record.UserId is not a user id"),
+        (monitoring("report_viewed", UserId="005-not-an-id"), "event.record.UserId is not a Salesforce id"),
+        (monitoring("report_viewed", ReportId=None), "event.record.ReportId is required"),
+        (monitoring("report_viewed", ReportId="01Z5g000000DbRdEAK"), "event.record.ReportId is not a report"),
+        (monitoring("report_viewed", DashboardId="00O5g000004RpTaEAK"), "event.record.DashboardId"),
+        (monitoring("report_viewed", IsScheduled="no"), "event.record.IsScheduled must be true or false"),
+        (monitoring("report_viewed", Operation=7), "event.record.Operation"),
+        (monitoring("dashboard_viewed", RecordId=None), "event.record.RecordId is required"),
+        (monitoring("dashboard_viewed", RecordId=record_id(1)), "event.record.RecordId is not a dashboard"),
+        ({"events": [change_event(1), monitoring("report_viewed", UserId=7)]}, "events[1].record.UserId"),
+    ],
+)
+def test_event_monitoring_bodies_salesforce_would_not_send_are_400_naming_the_field(
+    client: FlaskClient, config: Config, payload: Any, named: str
+) -> None:
+    resp = post(client, payload)
+    assert resp.status_code == 400 and named in resp.json["error"], resp.json
+    assert stored(config) == []
+
+
+# -- CampaignMember changes of training campaigns ----------------------------------------------
+
+TRAINING = to_18("7015g000000TrnA")
+
+
+def member(n: int, campaign: str = TRAINING, status: str = "Attended") -> dict[str, Any]:
+    fields = {"CampaignId": campaign, "Status": status, "Email": "jane@contoso.com"}
+    return change_event(n, object="CampaignMember", fields=fields)
+
+
+def test_members_of_training_campaigns_are_taken_in_others_ignored(db_url: str, tmp_path: Path) -> None:
+    cfg = make_config(db_url, tmp_path, **{"leaders.training_campaigns": [TRAINING[:15]]})
+    client = create_app(cfg).test_client()
+    other = to_18("7015g000000OthR")
+    resp = post(client, {"events": [member(1), member(2, status="Sent"), member(3, campaign=other)]})
+    assert resp.json == {"stored": 2, "duplicates": 0, "ignored": 1}
+    rows = stored(cfg)
+    assert [(r.object, r.data["fields"]["Status"]) for r in rows] == [
+        ("CampaignMember", "Attended"),
+        ("CampaignMember", "Sent"),  # the rule decides: a correction away from Attended counts too
+    ]
+
+
+def test_campaign_members_are_ignored_when_no_training_campaign_is_configured(
+    client: FlaskClient, config: Config
+) -> None:
+    resp = post(client, member(1))
+    assert resp.json == {"stored": 0, "duplicates": 0, "ignored": 1}
+
+
+def test_long_fields_salesforce_sends_are_accepted(client: FlaskClient, config: Config) -> None:
+    entities = ", ".join(["Opportunity"] * 80)  # QueriedEntities: up to 1,000 characters
+    report = monitoring("report_viewed", QueriedEntities=entities, ColumnHeaders="[X]" * 3000)
+    dashboard = monitoring("dashboard_viewed", QueriedEntities=entities[:1000], ReportId=None)
+    resp = post(client, {"events": [report, dashboard]})
+    assert resp.json == {"stored": 2, "duplicates": 0, "ignored": 0}, resp.json
+    too_long = post(client, monitoring("dashboard_viewed", QueriedEntities="D" * 1001))
+    assert too_long.status_code == 400 and "event.record.QueriedEntities" in too_long.json["error"]
+
+
+def test_ids_are_kept_in_18_characters(client: FlaskClient, config: Config) -> None:
+    post(client, monitoring("report_viewed", ReportId="00O5g000004RpTa", UserId=USER_ID[:15]))
+    (row,) = stored(config)
+    assert (row.actor, row.data["report_id"]) == (USER_ID, "00O5g000004RpTaEAK")
