@@ -34,6 +34,9 @@ bench: $(VENV)/.installed-dev
 	$(PY) bench/receive.py --repeat 3
 	$(PY) bench/salesforce.py
 	$(PY) bench/approvals.py
+	$(PY) bench/leaders.py
+	$(PY) bench/pipeline.py
+	$(PY) bench/provenance_log.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -60,6 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--url", help="a running OnRecord, e.g. https://onrecord.contoso.com")
     p.add_argument("--keys", help="JWK set file (default: <url>/.well-known/onrecord-keys.json)")
     p.add_argument("--token", help="API token for --url (default: the first of api.tokens)")
+    p.add_argument(
+        "--checkpoints", nargs=2, metavar=("OLD", "NEW"), help="two saved checkpoints: check NEW extends OLD"
+    )
+    p.add_argument(
+        "--proof", help="with --checkpoints: the JSON /api/provenance/checkpoint?from=OLD answered"
+    )
     p = sub.add_parser("log", help="the provenance log: print its current signed checkpoint")
     p.add_argument("action", choices=["checkpoint"])
     p = sub.add_parser("approvals", help="approval verdicts: record, verdict, reason, who, when")

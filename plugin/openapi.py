@@ -267,6 +267,29 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         },
         ["object", "record_id", "chain", "checkpoint"],
     ),
+    "LogCheckpoint": _obj(
+        "The log's newest signed checkpoint and the consistency proof from an older tree size.",
+        {
+            "checkpoint": _s(
+                "The signed checkpoint: c2sp.org/tlog-checkpoint text (origin, tree size, base64 root "
+                "hash) in a c2sp.org/signed-note signed with OnRecord's Ed25519 key under the origin."
+            ),
+            "consistency_proof": _obj(
+                "RFC 6962 consistency proof (section 2.1.2) from the tree of from_size leaves.",
+                {
+                    "from_size": {"type": "integer", "description": "The older tree size asked for."},
+                    "tree_size": {"type": "integer", "description": "The checkpoint's tree size."},
+                    "hashes": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "The proof's hashes (hex); empty when from_size is 0 or tree_size.",
+                    },
+                },
+                ["from_size", "tree_size", "hashes"],
+            ),
+        },
+        ["checkpoint", "consistency_proof"],
+    ),
     "VerifyRequest": _obj(
         "Is this figure from the system?",
         {
@@ -555,6 +578,27 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
             Param("object", "path", "CRM object, e.g. Opportunity."),
             Param("record_id", "path", "Record id."),
         ),
+    ),
+    Operation(
+        "get",
+        "/api/provenance/checkpoint",
+        "GetLogCheckpoint",
+        "Get the log's checkpoint",
+        "The provenance log's newest signed checkpoint, as text/plain (a C2SP signed note); with "
+        "'from', JSON with the consistency proof from that older tree size, for auditors who kept "
+        "an earlier checkpoint.",
+        "api",
+        (
+            Reply("200", "The checkpoint (text/plain), or with 'from' the proof (JSON).", "LogCheckpoint"),
+            Reply("400", "'from' or 'to' is not a tree size of this log.", "Error"),
+            Reply("404", "The log signed no checkpoint of size 'to'.", "Error"),
+            *_API_ERRORS,
+        ),
+        params=(
+            Param("from", "query", "An older checkpoint's tree size: prove consistency from it.", False),
+            Param("to", "query", "An earlier checkpoint's size to answer with (default: the newest).", False),
+        ),
+        extensions={"x-ms-visibility": "internal"},
     ),
     Operation(
         "get",

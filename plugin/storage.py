@@ -375,3 +375,16 @@ directory = sa.Table(
     sa.Column("data", sa.JSON, nullable=False),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
 )
+
+# The provenance log's stored Merkle tree: the hash of every perfect subtree of two or more leaves
+# — 2^level leaves from leaf index * 2^level, as in transparency-dev's compact ranges and the tiles
+# of Trillian/Tessera — written once when it completes and never changed. Level 0 (the leaves) is
+# provenance_statements.leaf_hash by log_index. A root or a proof reads O(log n) rows of it.
+provenance_tree = sa.Table(
+    "provenance_tree",
+    metadata,
+    sa.Column("level", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),
+    sqlite_with_rowid=False,
+)

@@ -1,4 +1,10 @@
-"""`log checkpoint`: take in pending statements and print the log's current signed checkpoint."""
+"""`log checkpoint`: take in pending statements and print the log's current signed checkpoint.
+
+The output is the checkpoint exactly as GET /api/provenance/checkpoint serves it: a C2SP
+tlog-checkpoint (origin, tree size, base64 RFC 6962 root hash) in a C2SP signed note, signed with
+the active Ed25519 key under the origin. Kept outside the organisation, it is what
+`verify SAVED --url URL` later checks the log against (a consistency proof from its size).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,11 @@ from plugin.storage import get_engine
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    """Print the checkpoint (a signed note), for auditors to keep outside the organisation."""
+    """Print the checkpoint (a signed note), for auditors to keep outside the organisation.
+
+    Exit 1 when the sequencer refuses to sign: the log's stored past no longer matches what it
+    signed (LogCorrupted), or no signing key.
+    """
     engine = get_engine(config.storage.url)
     migrate.upgrade(engine)
     try:

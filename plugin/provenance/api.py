@@ -2,11 +2,25 @@
 
     GET  /.well-known/onrecord-keys.json        public (JWK set, RFC 8037 OKP / Ed25519)
     GET  /api/provenance/<object>/<record_id>   the chain newest first, verified, with proofs
+    GET  /api/provenance/checkpoint             the log's newest signed checkpoint (text/plain)
+    GET  /api/provenance/checkpoint?from=SIZE   JSON: that checkpoint and the consistency proof
+                                                from the tree of SIZE leaves to it
     POST /api/verify                            {object, id, field, value} -> verdict + sentence
     POST /api/citations                         {leader, object, id, field, value, occasion}
 
 Before answering, the log's sequencer takes in what the worker signed since (`log.integrate`),
 so the answer covers the latest statement.
+
+The checkpoint is a C2SP tlog-checkpoint signed note (`plugin.provenance.checkpoint`). With
+`?from=SIZE` (0 <= SIZE <= the current tree size; `&to=N` for an earlier checkpoint the log
+signed, by its size) the answer is
+
+    {"checkpoint": "<signed note>",
+     "consistency_proof": {"from_size": SIZE, "tree_size": N, "hashes": ["<hex>", ...]}}
+
+where `hashes` is PROOF(SIZE, D[N]) of RFC 6962 section 2.1.2 (RFC 9162 2.1.4), each 32-byte hash
+in lowercase hex like the inclusion proofs' `hashes`: empty when SIZE is 0 or N. An auditor who
+kept an older checkpoint checks it with `python -m plugin verify OLD --url URL`.
 """
 
 from __future__ import annotations
@@ -27,7 +41,16 @@ from plugin.inbox import insert_events
 from plugin.provenance.canonical import canonical_json, values_digest
 from plugin.provenance.dsse import sign_envelope
 from plugin.provenance.keys import KeyStore, KeyStoreError
-from plugin.provenance.log import envelope_text, integrate, latest_checkpoint, proofs, record_chain
+from plugin.provenance.log import (
+    LogCorrupted,
+    checkpoint_at,
+    consistency,
+    envelope_text,
+    integrate,
+    latest_checkpoint,
+    proofs,
+    record_chain,
+)
 from plugin.provenance.rule import key_store
 from plugin.provenance.statement import citation_statement, payload_of, statement_digest
 from plugin.provenance.verify import ChainCheck, Verdict, verdict, verify_chain
@@ -40,6 +63,7 @@ CITATION_SOURCE = "onrecord.citations"
 _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 _RECORD_ID = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+_TREE_SIZE = re.compile(r"^(0|[1-9][0-9]{0,17})$")
 
 
 class BadRequest(Exception):
@@ -101,6 +125,52 @@ def provenance(obj: str, record_id: str) -> Response:
         for entry, check in zip(loaded.entries, loaded.check.entries, strict=True)
     ]
     return jsonify({"object": obj, "record_id": record_id, "chain": chain, "checkpoint": loaded.checkpoint})
+
+
+@blueprint.get("/api/provenance/checkpoint")
+@require_api_auth
+def checkpoint() -> Response:
+    """The log's newest signed checkpoint; with ?from=SIZE, JSON with the consistency proof from SIZE.
+
+    `to=SIZE` asks for the checkpoint the log signed at that size instead of the newest.
+    """
+    rt = runtime()
+    asked = {name: request.args.get(name) for name in ("from", "to")}
+    if any(v is not None and not _TREE_SIZE.match(v) for v in asked.values()):
+        return api_error(400, "bad_request", "from and to must be tree sizes (non-negative integers)")
+    try:
+        result = integrate(
+            rt.engine, key_store(rt.config).signing_key(), rt.config.provenance.log_origin, datetime.now(UTC)
+        )
+    except KeyStoreError as exc:
+        return api_error(503, "no_signing_key", str(exc))
+    except LogCorrupted as exc:
+        return api_error(500, "log_corrupted", f"the log refuses to sign: {exc}")
+    size, note = result.tree_size, result.note
+    try:
+        with rt.engine.connect() as conn:
+            if asked["to"] is not None and int(asked["to"]) != size:
+                size = int(asked["to"])
+                signed = checkpoint_at(conn, size) if size < result.tree_size else None
+                if signed is None:
+                    return api_error(404, "no_checkpoint", f"the log signed no checkpoint of {size} leaves")
+                note = signed
+            if asked["from"] is None:
+                resp = Response(note, mimetype="text/plain")
+                resp.headers["Cache-Control"] = "no-cache"
+                return resp
+            old = int(asked["from"])
+            if old > size:
+                return api_error(400, "bad_request", f"from={old} is beyond the checkpoint's {size} leaves")
+            hashes = consistency(conn, old, size)
+    except LogCorrupted as exc:
+        return api_error(500, "log_corrupted", str(exc))
+    return jsonify(
+        {
+            "checkpoint": note,
+            "consistency_proof": {"from_size": old, "tree_size": size, "hashes": [h.hex() for h in hashes]},
+        }
+    )
 
 
 def _figure_request(body: Any, *, citation: bool) -> dict[str, Any]:

@@ -10,6 +10,8 @@ by a machine-readable reason:
 - chain_broken: a statement does not follow the one before it (order, gap, or changed link);
 - checkpoint_invalid: the log checkpoint's signature does not hold;
 - log_mismatch: the statement is not in the signed log where its proof says (the log was changed);
+- log_inconsistent: two signed checkpoints of the log do not extend one another (the log's past
+  was rewritten, or it showed someone else another history);
 and, for a quoted figure, value_differs and change_not_recorded.
 """
 
@@ -41,6 +43,7 @@ REASONS: Mapping[str, str] = {
     "chain_broken": "the record's chain of statements is broken",
     "checkpoint_invalid": "the log's checkpoint is not OnRecord's",
     "log_mismatch": "the statement is not in OnRecord's signed log as stated",
+    "log_inconsistent": "the log's signed checkpoints contradict each other: its past was rewritten",
     "value_differs": "the value differs from the recorded one",
     "change_not_recorded": "the change is not recorded",
 }
@@ -200,6 +203,68 @@ def _in_log(
             check.keyid,
         )
     return check
+
+
+# -- two checkpoints of the log ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConsistencyCheck:
+    """Whether a newer signed checkpoint extends an older one."""
+
+    consistent: bool
+    old: Checkpoint | None = None
+    new: Checkpoint | None = None
+    reason: str = ""
+    detail: str = ""
+
+
+def verify_checkpoints(
+    old_note: str,
+    new_note: str,
+    proof: Sequence[str],
+    keys: Mapping[str, Ed25519PublicKey],
+    origin: str | None = None,
+) -> ConsistencyCheck:
+    """Check both signatures and the consistency proof (hex hashes) from the older tree to the newer.
+
+    A log only grows: the newer tree must hold the older one as its first leaves, which the RFC
+    6962 consistency proof shows with O(log n) hashes. Reasons: checkpoint_invalid (a signature
+    or format fails, or the two are of different logs) and log_inconsistent.
+    """
+    opened: list[Checkpoint] = []
+    for which, note in (("older", old_note), ("newer", new_note)):
+        try:
+            opened.append(open_checkpoint(note, keys.values(), origin))
+        except CheckpointError as exc:
+            old = opened[0] if opened else None
+            return ConsistencyCheck(False, old, None, "checkpoint_invalid", f"{which}: {exc}")
+    old, new = opened
+    if old.origin != new.origin:
+        return ConsistencyCheck(
+            False, old, new, "checkpoint_invalid", f"checkpoints of {old.origin!r} and {new.origin!r}"
+        )
+
+    def inconsistent(detail: str) -> ConsistencyCheck:
+        return ConsistencyCheck(False, old, new, "log_inconsistent", detail)
+
+    if old.size > new.size:
+        return inconsistent(f"the log shrank from {old.size} to {new.size} leaves")
+    try:
+        hashes = [bytes.fromhex(h) for h in proof]
+    except (TypeError, ValueError):
+        return inconsistent("the consistency proof is not a list of hex hashes")
+    if old.size == new.size:
+        if old.root_hash != new.root_hash or hashes:
+            return inconsistent(f"two different trees of {old.size} leaves were signed")
+    elif old.size == 0:
+        if old.root_hash != merkle.EMPTY_ROOT:
+            return inconsistent("the signed empty tree has a root other than the empty tree's")
+    elif not merkle.verify_consistency(old.size, new.size, hashes, old.root_hash, new.root_hash):
+        return inconsistent(
+            f"the tree of {new.size} leaves does not hold the signed tree of {old.size} as its first leaves"
+        )
+    return ConsistencyCheck(True, old, new)
 
 
 # -- a quoted figure ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ OPERATIONS = {
     ("delete", "/api/subscriptions/{id}"),
     ("get", "/api/provenance/{object}/{record_id}"),
     ("get", "/api/approvals/{object}/{record_id}"),
+    ("get", "/api/provenance/checkpoint"),
     ("post", "/api/verify"),
     ("post", "/api/citations"),
     ("get", "/api/leaders"),
