@@ -77,6 +77,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("directory", help="list the people directory (names, e-mails, ids, groups)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--refresh", action="store_true", help="read Salesforce's users and groups first")
+    p = sub.add_parser("leaders", help="leader buy-in signals: counts, score, trend, champion candidates")
+    p.add_argument("--json", action="store_true", help="machine-readable output (as GET /api/leaders)")
+    p.add_argument("--period", help="another period, e.g. 2026-W48 or 2026-11-26 (default: the current one)")
+    p = sub.add_parser("report", help="write the one-page Leader Buy-In report (HTML, charts inline)")
+    p.add_argument("--html", required=True, metavar="FILE", help="where to write the page")
+    p.add_argument("--period", help="the report's period, e.g. 2026-W48 (default: the current one)")
+    p.add_argument("--periods", type=int, default=12, help="periods the chart shows, this one included")
+    p = sub.add_parser("demo", help="play a whole scenario against a running OnRecord and say what it did")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the OnRecord to play against")
 
     args = parser.parse_args(argv)
     if args.config:
@@ -101,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "log": _lazy("plugin.commands.log", "run"),
         "directory": _lazy("plugin.commands.directory", "run"),
         "approvals": _lazy("plugin.commands.approvals", "run"),
+        "leaders": _lazy("plugin.commands.leaders", "run"),
+        "report": _lazy("plugin.commands.report", "run"),
+        "demo": _lazy("plugin.commands.demo", "run"),
     }
     return commands[args.command](args, config)
 

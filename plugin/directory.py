@@ -31,6 +31,11 @@ def _id_key(value: str) -> str:
     return value.lower()
 
 
+def identifier_key(value: str) -> str:
+    """The form an identifier is matched by (two identifiers with equal keys name one person)."""
+    return _id_key(value)
+
+
 def _restore_case(id18: str) -> str:
     """An 18-character id whose case was lost (lower- or upper-cased), as Salesforce wrote it; the
     value unchanged when its suffix cannot be one."""
@@ -56,14 +61,15 @@ class Person:
     groups: tuple[str, ...] = ()  # public group / approver group names
     active: bool = True
     user_type: str = ""  # Salesforce UserType ("Standard", "AutomatedProcess", ...)
+    roles: tuple[str, ...] = ()  # Salesforce role names (UserRole.Name)
 
     def identifiers(self) -> tuple[str, ...]:
         """Everything this person can be named by."""
         return (*self.crm_ids, *self.emails)
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready form (the directory table keeps people this way)."""
-        return {
+        """A JSON-ready form (the directory table keeps people this way); "roles" only when some."""
+        value: dict[str, Any] = {
             "key": self.key,
             "name": self.name,
             "emails": list(self.emails),
@@ -72,6 +78,9 @@ class Person:
             "active": self.active,
             "user_type": self.user_type,
         }
+        if self.roles:
+            value["roles"] = list(self.roles)
+        return value
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> Person:
@@ -84,6 +93,7 @@ class Person:
             groups=tuple(value.get("groups") or ()),
             active=bool(value.get("active", True)),
             user_type=str(value.get("user_type") or ""),
+            roles=tuple(value.get("roles") or ()),
         )
 
 
@@ -220,11 +230,12 @@ def _normalise(person: Person) -> Person:
         groups=_unique(person.groups),
         active=person.active,
         user_type=person.user_type,
+        roles=_unique(person.roles),
     )
 
 
 def _merge(a: Person, b: Person) -> Person:
-    """b's entry added to a's: ids, e-mails and groups joined; b's name and user type win when set;
+    """b's entry added to a's: ids, e-mails, groups and roles joined; b's name and user type win when set;
     inactive when either says so (configuration, which never says, cannot re-activate a
     deactivated CRM user)."""
     b = _normalise(b)
@@ -237,4 +248,5 @@ def _merge(a: Person, b: Person) -> Person:
         groups=_unique((*a.groups, *b.groups)),
         active=a.active and b.active,
         user_type=b.user_type or a.user_type,
+        roles=_unique((*a.roles, *b.roles)),
     )

@@ -62,6 +62,10 @@ def builtin_jobs(config: Config) -> list[Job]:
         from connectors.salesforce.users import directory_job
 
         found.append(directory_job(config))
+    if config.leaders.users or config.leaders.roles:
+        from plugin.leaders.job import leaders_job
+
+        found.append(leaders_job(config))
     return found
 
 

@@ -51,6 +51,17 @@ def _obj(description: str, properties: dict[str, Any], required: list[str] | Non
 
 
 _DATETIME: Final = {"format": "date-time"}
+# GET /api/leaders: one count per leader signal kind (plugin.config.SIGNAL_KINDS, in order).
+_SIGNAL_COUNTS: Final = {
+    "login": "Interactive logins.",
+    "record_touched": "Governed records the leader changed.",
+    "form_approval": "Approval decisions given through the official form.",
+    "off_system_approval": "Approvals given outside the form.",
+    "training": "Trainings attended.",
+    "citation": "CRM figures cited.",
+    "report_view": "CRM reports viewed.",
+    "dashboard_view": "CRM dashboards viewed.",
+}
 
 SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "Error": _obj(
@@ -397,24 +408,38 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         ["object", "record_id", "verdict", "note", "reason", "chain", "changes"],
     ),
     "LeaderSignals": _obj(
-        "One leader's signals in a period.",
+        "One leader's signals in the period.",
         {
-            "leader": _s("The leader."),
-            "period": _s("The period, e.g. 2026-11."),
-            "signals": {
-                "type": "object",
-                "description": "Count per signal kind.",
-                "additionalProperties": {"type": "integer"},
+            "email": _s("The leader's e-mail (empty when only the CRM user id is known)."),
+            "name": _s("The leader's name."),
+            "salesforce_id": _s("The leader's Salesforce user id, 18 characters (empty when unknown)."),
+            "counts": _obj(
+                "How many of each signal the leader gave in the period (retracted ones never count).",
+                {kind: {"type": "integer", "description": text} for kind, text in _SIGNAL_COUNTS.items()},
+                list(_SIGNAL_COUNTS),
+            ),
+            "score": {
+                "type": "number",
+                "description": "Sum of weight x count over the kinds, rounded to 0.1 (see weights_version).",
             },
-            "score": {"type": "number", "description": "The published score."},
+            "trend": {"type": "number", "description": "Score minus the previous period's score."},
             "champion_candidate": {"type": "boolean", "description": "A 'system champion' candidate."},
         },
-        ["leader", "period", "signals", "score", "champion_candidate"],
+        ["email", "name", "salesforce_id", "counts", "score", "trend", "champion_candidate"],
     ),
     "Leaders": _obj(
-        "Leaders' current signals, scores and champion candidates.",
-        {"period": _s("The period."), "leaders": {"type": "array", "items": ref("LeaderSignals")}},
-        ["period", "leaders"],
+        "Leaders' signals, scores, trends and champion candidates in one period, best score first.",
+        {
+            "period": _s("The period: an ISO week (2026-W48) or a day (2026-11-26)."),
+            "weights_version": _s("The version of the published weights the scores use."),
+            "leaders": {"type": "array", "items": ref("LeaderSignals")},
+            "champions": {
+                "type": "array",
+                "description": "The champion candidates' e-mails (a user id when no e-mail is known).",
+                "items": {"type": "string"},
+            },
+        },
+        ["period", "weights_version", "leaders", "champions"],
     ),
 }
 
@@ -647,11 +672,22 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         "/api/leaders",
         "ListLeaders",
         "List leaders' signals",
-        "Leaders' current signals, scores and 'system champion' candidates.",
+        "Leaders' signals per kind, scores, trends and 'system champion' candidates for a period, "
+        "recomputed from what OnRecord recorded.",
         "api",
-        (Reply("200", "The leaders.", "Leaders"), *_API_ERRORS),
+        (
+            Reply("200", "The leaders.", "Leaders"),
+            Reply("400", "A malformed period (reason bad_period; the error says why).", "Error"),
+            *_API_ERRORS,
+        ),
         params=(
-            Param("period", "query", "The period, e.g. 2026-11 (default: the current one).", required=False),
+            Param(
+                "period",
+                "query",
+                "The period: an ISO week like 2026-W48, or a day like 2026-11-26 where periods are days "
+                "(default: the current one).",
+                required=False,
+            ),
         ),
     ),
 )

@@ -10,6 +10,7 @@ from connectors.salesforce.events import HOOKS as SALESFORCE_EVENTS_HOOKS
 from connectors.salesforce.outbound_view import HOOKS as SALESFORCE_OUTBOUND_HOOKS
 from connectors.salesforce.outbound_view import preload as preload_outbound_wsdls
 from plugin.approvals_view import blueprint as approvals
+from plugin.leaders.api import blueprint as leaders
 from plugin.openapi import blueprint as openapi
 from plugin.ops import blueprint as ops
 from plugin.provenance.api import blueprint as provenance
@@ -22,7 +23,7 @@ HOOKS: dict[str, Source] = {**SALESFORCE_EVENTS_HOOKS, **SALESFORCE_OUTBOUND_HOO
 
 def init_app(app: Flask) -> None:
     """Register the blueprints of the core and of each connector, and the senders' hooks."""
-    for bp in (ops, power_automate_subscriptions, openapi, provenance, approvals):
+    for bp in (ops, power_automate_subscriptions, openapi, provenance, approvals, leaders):
         app.register_blueprint(bp)
 
     def current_runtime() -> Runtime:

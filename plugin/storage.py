@@ -100,6 +100,9 @@ facts = sa.Table(
     sa.UniqueConstraint("kind", "fact_key", name="uq_facts_kind_key"),
 )
 sa.Index("ix_facts_kind_time", facts.c.kind, facts.c.occurred_at)
+# Leader aggregation reads one period of every kind (by time), and what changed since its watermark.
+sa.Index("ix_facts_time", facts.c.occurred_at)
+sa.Index("ix_facts_updated", facts.c.updated_at)
 
 timers = sa.Table(
     "timers",

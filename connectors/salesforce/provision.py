@@ -6,12 +6,19 @@
     objects/OnRecord_Violation__c.object         approvals given off-system, and what was done
     permissionsets/OnRecord_Integration.permissionset   edit access for the integration user
     permissionsets/OnRecord_Viewer.permissionset        read access for everyone else
+    reportTypes/OnRecord_Leader_Signals.reportType      a custom report type over the leader signals
+    reports/OnRecord-meta.xml                           the report folder (ReportFolder)
+    reports/OnRecord/OnRecord_Leader_Buy_In.report      score and counts per period and leader
+    dashboards/OnRecord-meta.xml                        the dashboard folder (DashboardFolder)
+    dashboards/OnRecord/OnRecord_Leader_Buy_In.dashboard  "Leader Buy-In": the report's scores, charted
 
 Element names and their order follow the Metadata API schema (CustomObject, CustomField,
-ValidationRule, PermissionSet, Package in http://soap.sforce.com/2006/04/metadata); a governed
-standard or custom object is extended field by field (package.xml lists CustomField and
-ValidationRule members), the two new objects are whole CustomObjects. The zip has package.xml
-at its root, as simple-salesforce's deploy (singlePackage) sends it.
+ValidationRule, PermissionSet, ReportType, Report, Dashboard, ReportFolder, DashboardFolder,
+Package in http://soap.sforce.com/2006/04/metadata); a governed standard or custom object is
+extended field by field (package.xml lists CustomField and ValidationRule members), the two new
+objects are whole CustomObjects. Reports and dashboards live in folders: package.xml lists the
+folder and the folder/name under Report and Dashboard. The zip has package.xml at its root, as
+simple-salesforce's deploy (singlePackage) sends it.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ LEADER_SIGNAL = "OnRecord_Leader_Signal__c"
 VIOLATION = "OnRecord_Violation__c"
 KEY_FIELD = "OnRecord_Key__c"
 APPROVAL_RULE = "OnRecord_Approval_Only_Through_OnRecord"
+REPORT_TYPE = "OnRecord_Leader_Signals"
+ANALYTICS_FOLDER = "OnRecord"  # the report folder and the dashboard folder
+BUY_IN = "OnRecord_Leader_Buy_In"  # the report and the dashboard, each in its folder
 INTEGRATION_PERMISSION_SET = "OnRecord_Integration"
 VIEWER_PERMISSION_SET = "OnRecord_Viewer"
 CHANNELS = ("Form", "Flow", "UI", "API", "Import", "Unknown")
@@ -234,6 +244,8 @@ def leader_signal_fields() -> list[FieldDef]:
         ("OnRecord_Trainings__c", "Trainings Attended", "Trainings attended in the period."),
         ("OnRecord_Citations__c", "CRM Citations", "CRM figures cited in meetings."),
         ("OnRecord_Off_System_Approvals__c", "Off-System Approvals", "Approvals attempted outside the form."),
+        ("OnRecord_Report_Views__c", "Report Views", "CRM reports the leader opened in the period."),
+        ("OnRecord_Dashboard_Views__c", "Dashboard Views", "CRM dashboards the leader opened in the period."),
     ]
     return [
         _user_lookup(
@@ -246,6 +258,16 @@ def leader_signal_fields() -> list[FieldDef]:
         ),
         *(_number(name, label, description) for name, label, description in counts),
         _number("OnRecord_Score__c", "Score", "The published buy-in score (0-100).", precision=5, scale=1),
+        _number(
+            "OnRecord_Trend__c",
+            "Trend",
+            "The score's change since the period before.",
+            precision=6,
+            scale=1,
+        ),
+        _text_field(
+            "OnRecord_Weights_Version__c", "Weights Version", 40, "The weights the score was computed with."
+        ),
         FieldDef(
             "OnRecord_Champion_Candidate__c",
             {
@@ -413,6 +435,153 @@ def _permission_set(label: str, description: str, fields: list[str], objects: li
     return _document(ps)
 
 
+# --- the Leader Buy-In report and dashboard ------------------------------------------------------
+
+
+def _column(field_name: str) -> str:
+    """A field as a report on the custom report type names it (object$field)."""
+    return f"{LEADER_SIGNAL}${field_name}"
+
+
+def leader_report_type(fields: Sequence[FieldDef]) -> bytes:
+    """The custom report type over OnRecord_Leader_Signal__c: every field but the upsert key."""
+    section = _el("sections")
+    for name in ["Name", *(f.name for f in fields if f.name != KEY_FIELD)]:
+        section.append(
+            _el(
+                "columns",
+                None,
+                _el("checkedByDefault", "true"),
+                _el("field", name),
+                _el("table", LEADER_SIGNAL),
+            )
+        )
+    section.append(_el("masterLabel", "Leader Signals"))
+    report_type = _el(
+        "ReportType",
+        None,
+        _el("baseObject", LEADER_SIGNAL),
+        _el("category", "other"),
+        _el("deployed", "true"),
+        _el("description", "OnRecord's leader signals: per leader and period, the counts and the score."),
+        _el("label", "OnRecord Leader Signals"),
+        section,
+    )
+    return _document(report_type)
+
+
+# The report's columns: the score and each count, summed per period and leader (one record each).
+BUY_IN_COLUMNS = (
+    "OnRecord_Score__c",
+    "OnRecord_Logins__c",
+    "OnRecord_Records_Touched__c",
+    "OnRecord_Form_Approvals__c",
+    "OnRecord_Off_System_Approvals__c",
+    "OnRecord_Trainings__c",
+    "OnRecord_Citations__c",
+    "OnRecord_Report_Views__c",
+    "OnRecord_Dashboard_Views__c",
+)
+
+
+def buy_in_report() -> bytes:
+    """ "Leader Buy-In": a summary report by period, then leader, over the last 90 days."""
+    report = _el("Report")
+    for name in BUY_IN_COLUMNS:
+        report.append(_el("columns", None, _el("aggregateTypes", "Sum"), _el("field", _column(name))))
+    for name in ("OnRecord_Trend__c", "OnRecord_Champion_Candidate__c", "OnRecord_Weights_Version__c"):
+        report.append(_el("columns", None, _el("field", _column(name))))
+    report.append(
+        _el("description", "Each leader's buy-in score and signals per period, as OnRecord counted them.")
+    )
+    report.append(_el("format", "Summary"))
+    for name in ("OnRecord_Period__c", "OnRecord_Leader__c"):
+        report.append(_el("groupingsDown", None, _el("field", _column(name)), _el("sortOrder", "Asc")))
+    report.append(_el("name", "Leader Buy-In"))
+    report.append(_el("reportType", f"{REPORT_TYPE}__c"))  # a custom report type: its name + __c
+    report.append(_el("scope", "organization"))
+    report.append(_el("showDetails", "false"))
+    report.append(
+        _el(
+            "timeFrameFilter",
+            None,
+            _el("dateColumn", _column("OnRecord_Period_Start__c")),
+            _el("interval", "INTERVAL_LAST90"),
+        )
+    )
+    return _document(report)
+
+
+def buy_in_dashboard() -> bytes:
+    """ "Leader Buy-In": the report's score per period, one line per leader. It runs as the user
+    who deploys it (every user reads the leader signals: the object's sharing is Read)."""
+    component = _el(
+        "dashboardComponent",
+        None,
+        _el("autoselectColumnsFromReport", "false"),
+        _el("chartAxisRange", "Auto"),
+        _el(
+            "chartSummary",
+            None,
+            _el("aggregate", "Sum"),
+            _el("axisBinding", "y"),
+            _el("column", _column("OnRecord_Score__c")),
+        ),
+        _el("componentType", "LineGrouped"),
+        _el("displayUnits", "Auto"),
+        _el("groupingColumn", _column("OnRecord_Period__c")),
+        _el("groupingColumn", _column("OnRecord_Leader__c")),
+        _el("header", "Buy-in score per period"),
+        _el("legendPosition", "Bottom"),
+        _el("report", f"{ANALYTICS_FOLDER}/{BUY_IN}"),
+        _el("showValues", "false"),
+        _el("title", "One line per leader"),
+        _el("useReportChart", "false"),
+    )
+    grid = _el(
+        "dashboardGridLayout",
+        None,
+        _el(
+            "dashboardGridComponents",
+            None,
+            _el("colSpan", "12"),
+            _el("columnIndex", "0"),
+            component,
+            _el("rowIndex", "0"),
+            _el("rowSpan", "8"),
+        ),
+        _el("numberOfColumns", "12"),
+        _el("rowHeight", "36"),
+    )
+    dashboard = _el(
+        "Dashboard",
+        None,
+        _el("backgroundEndColor", "#FFFFFF"),
+        _el("backgroundFadeDirection", "Diagonal"),
+        _el("backgroundStartColor", "#FFFFFF"),
+        grid,
+        _el("description", "How much leaders use the system, per period, as OnRecord counted it."),
+        _el("isGridLayout", "true"),
+        _el("textColor", "#000000"),
+        _el("title", "Leader Buy-In"),
+        _el("titleColor", "#000000"),
+        _el("titleSize", "12"),
+    )
+    return _document(dashboard)
+
+
+def analytics_folder(kind: str) -> bytes:
+    """The ReportFolder or DashboardFolder "OnRecord", shared read-only with every internal user."""
+    share = _el(
+        "folderShares",
+        None,
+        _el("accessLevel", "View"),
+        _el("sharedTo", "AllInternalUsers"),
+        _el("sharedToType", "Organization"),
+    )
+    return _document(_el(kind, None, share, _el("name", "OnRecord")))
+
+
 def _document(root: etree._Element) -> bytes:
     etree.indent(root, space="    ")
     body: bytes = etree.tostring(root, xml_declaration=True, encoding="UTF-8")
@@ -502,6 +671,14 @@ def build_package(config: Config) -> dict[str, bytes]:
         edit=False,
     )
     members["PermissionSet"] += [INTEGRATION_PERMISSION_SET, VIEWER_PERMISSION_SET]
+    files[f"reportTypes/{REPORT_TYPE}.reportType"] = leader_report_type(leader_signal_fields())
+    files[f"reports/{ANALYTICS_FOLDER}-meta.xml"] = analytics_folder("ReportFolder")
+    files[f"reports/{ANALYTICS_FOLDER}/{BUY_IN}.report"] = buy_in_report()
+    files[f"dashboards/{ANALYTICS_FOLDER}-meta.xml"] = analytics_folder("DashboardFolder")
+    files[f"dashboards/{ANALYTICS_FOLDER}/{BUY_IN}.dashboard"] = buy_in_dashboard()
+    members["ReportType"] = [REPORT_TYPE]
+    members["Report"] = [ANALYTICS_FOLDER, f"{ANALYTICS_FOLDER}/{BUY_IN}"]
+    members["Dashboard"] = [ANALYTICS_FOLDER, f"{ANALYTICS_FOLDER}/{BUY_IN}"]
     files["package.xml"] = _package_xml(members, config.salesforce.api_version)
     return files
 
@@ -602,9 +779,12 @@ def deploy_package(
 
 
 __all__ = [
+    "ANALYTICS_FOLDER",
     "APPROVAL_RULE",
+    "BUY_IN",
     "LEADER_SIGNAL",
     "NS",
+    "REPORT_TYPE",
     "VIOLATION",
     "DeployOutcome",
     "PackageError",

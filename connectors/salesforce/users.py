@@ -5,7 +5,8 @@ not scheduled when that is 0 or Salesforce is not the writer) and from the comma
 (`python -m plugin directory --refresh`). Each run reads, through the writer's `query()`
 (queryMore paging):
 
-    SELECT Id, Name, Email, Username, FederationIdentifier, IsActive, UserType FROM User
+    SELECT Id, Name, Email, Username, FederationIdentifier, IsActive, UserType, UserRoleId FROM User
+    SELECT Id, Name FROM UserRole                    (only when some user has a role)
     SELECT Id, Name, DeveloperName FROM Group WHERE Type = 'Regular'
     SELECT GroupId, UserOrGroupId FROM GroupMember WHERE GroupId IN (...)
 
@@ -13,14 +14,18 @@ and replaces source "salesforce" of the `directory` table with one Person per us
 (`plugin.directory_store.replace_people`): key and crm id the 18-character user id; name the
 user's Name; e-mails the Email, Username and FederationIdentifier that look like an e-mail or UPN,
 lower-cased, without repeats; groups the Name and DeveloperName of every public group the user
-is in; active = IsActive (a deactivated user stays, inactive: Salesforce never deletes users,
-and old records still name them); user_type = UserType.
+is in; roles the Name of the user's UserRole ([leaders] roles name them); active = IsActive (a
+deactivated user stays, inactive: Salesforce never deletes users, and old records still name
+them); user_type = UserType.
 
 Sources (Salesforce Object Reference / Field Reference):
 - User: Id, Name, Email, Username, FederationIdentifier (the SAML federation id, usually the
   IdP's UPN or e-mail), IsActive, UserType (the license category: "Standard",
-  "PowerPartner", "CsnOnly", "AutomatedProcess", ...).
+  "PowerPartner", "CsnOnly", "AutomatedProcess", ...), UserRoleId (the user's role, if any).
   https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_objects_user.htm
+- UserRole: "Represents a role in your organization"; Name is the role's label. Read in a query
+  of its own (not the UserRole.Name relationship field), so roles cost one query, not a join.
+  https://developer.salesforce.com/docs/atlas.en-us.api.meta/api/sforce_api_objects_userrole.htm
 - Group: "A set of User records"; a public group is a Group whose Type is "Regular" (other
   types: Queue, Role, RoleAndSubordinates, Territory, Organization, ...). Name (40 characters)
   is the label; DeveloperName, unique by group type, is the API name ("Group Name" in Setup).
@@ -64,7 +69,10 @@ log = logging.getLogger(__name__)
 
 JOB_NAME = "directory.salesforce"
 SOURCE = "salesforce"
-USER_QUERY = "SELECT Id, Name, Email, Username, FederationIdentifier, IsActive, UserType FROM User"
+USER_QUERY = (
+    "SELECT Id, Name, Email, Username, FederationIdentifier, IsActive, UserType, UserRoleId FROM User"
+)
+ROLE_QUERY = "SELECT Id, Name FROM UserRole"
 GROUP_QUERY = "SELECT Id, Name, DeveloperName FROM Group WHERE Type = 'Regular'"
 MEMBER_QUERY = "SELECT GroupId, UserOrGroupId FROM GroupMember"
 GROUPS_PER_MEMBER_QUERY = 200  # keeps each query far below SOQL's 100,000 characters
@@ -115,6 +123,12 @@ def read_people(query: Query) -> tuple[list[Person], dict[str, int]]:
         user_id = _id(row.get("Id"))
         if user_id is not None:
             users[user_id] = row
+    roles: dict[str, str] = {}  # role id -> Name
+    if any(_id(row.get("UserRoleId")) for row in users.values()):
+        for row in query(ROLE_QUERY):
+            role_id, name = _id(row.get("Id")), str(row.get("Name") or "").strip()
+            if role_id is not None and name:
+                roles[role_id] = name
     groups: dict[str, Mapping[str, Any]] = {}
     for row in query(GROUP_QUERY):
         group_id = _id(row.get("Id"))
@@ -141,6 +155,7 @@ def read_people(query: Query) -> tuple[list[Person], dict[str, int]]:
             (groups[g] for g in user_groups.get(user_id, ())),
             key=lambda g: (str(g.get("Name") or "").lower(), str(g.get("Id"))),
         )
+        role = roles.get(_id(row.get("UserRoleId")) or "")
         people.append(
             Person(
                 key=user_id,
@@ -150,10 +165,13 @@ def read_people(query: Query) -> tuple[list[Person], dict[str, int]]:
                 groups=tuple(n for g in names for n in _group_names(g)),
                 active=bool(row.get("IsActive")),
                 user_type=str(row.get("UserType") or ""),
+                roles=(role,) if role else (),
             )
         )
     withheld = sum(1 for owner in owners.values() if owner is None)
     counts = {"users": len(users), "groups": len(groups), "ambiguous_addresses": withheld}
+    if roles:
+        counts["roles"] = len(roles)
     return people, counts
 
 
@@ -253,6 +271,7 @@ __all__ = [
     "GROUP_QUERY",
     "JOB_NAME",
     "MEMBER_QUERY",
+    "ROLE_QUERY",
     "SOURCE",
     "USER_QUERY",
     "DirectoryRefresh",

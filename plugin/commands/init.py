@@ -26,7 +26,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
     os.chmod(secrets_dir, 0o700)
     if not os.environ.get("ONRECORD_CONFIG") and not CONFIG.exists() and EXAMPLE.exists():
         CONFIG.write_text(starter_config(EXAMPLE.read_text(encoding="utf-8")), encoding="utf-8")
-        print(f"wrote {CONFIG} from {EXAMPLE} (governing Opportunity to start with); edit it to configure")
+        print(
+            f"wrote {CONFIG} from {EXAMPLE} (governing Opportunity and Budget_Request__c, with made-up "
+            "demo people and leaders to start with); edit it to configure"
+        )
     for section, key in sorted(SECRET_KEYS):
         if getattr(getattr(config, section), key) or (section, key) in OPTIONAL_SECRETS:
             continue  # configured from the environment or an existing file, or not needed
@@ -58,12 +61,62 @@ STARTER_GOVERNED = """
 [[governed]]
 object = "Opportunity"
 fields = ["Amount", "StageName", "CloseDate"]
+
+# A form-only approval policy (docs/approvals.md): a budget request counts as approved only
+# through the form "budget-request" and its two stages; the approver groups are those of the
+# made-up people in [directory] people. Replace them with your own.
+[[governed]]
+object = "Budget_Request__c"
+fields = ["Amount__c", "Status__c"]
+approval_field = "Status__c"
+approved_values = ["Approved"]
+form_id = "budget-request"
+revert_to = "Submitted"
+
+[[governed.stages]]
+name = "business strategy"
+approvers = ["Strategy Board"]
+
+[[governed.stages]]
+name = "finance"
+approvers = ["Finance Approvers"]
+"""
+
+# Made-up people and leaders (example.com, ids 005DEMO...) so that `python -m plugin demo` has
+# someone to play; `init` puts them in place of the example's empty lists.
+STARTER_ORG_ID = """# The demo org's id (`python -m plugin demo` sends outbound messages from it):
+# replace with your own (Setup > Company Information).
+org_id = "00D000000000062EAA"
+"""
+STARTER_PEOPLE = """# Made-up people for `python -m plugin demo` (added by `init`): replace with your own.
+people = [
+  {name = "Alex Requester", emails = ["alex.requester@example.com"], salesforce_id = "005DEMO00000001YDA"},
+  {name = "Vera Strategy", emails = ["vera.strategy@example.com"], groups = ["Strategy Board"]},
+  {name = "Casey Finance", emails = ["casey.finance@example.com"], groups = ["Finance Approvers"]},
+  {name = "Jane Doe", emails = ["jane.doe@example.com"], salesforce_id = "005DEMO00000004YDA"},
+  {name = "Dana Chief", emails = ["dana.chief@example.com"], salesforce_id = "005DEMO00000005YDA"},
+]
+"""
+STARTER_LEADERS = """# Made-up leaders for `python -m plugin demo` (added by `init`): replace with your own.
+users = [
+  {email = "dana.chief@example.com", salesforce_id = "005DEMO00000005YDA", name = "Dana Chief"},
+  {email = "vera.strategy@example.com", name = "Vera Strategy"},
+  {email = "casey.finance@example.com", name = "Casey Finance"},
+  {email = "jane.doe@example.com", salesforce_id = "005DEMO00000004YDA", name = "Jane Doe"},
+]
 """
 
 
 def starter_config(example: str) -> str:
-    """The example configuration, with a first governed object so a fresh install does something."""
+    """The example configuration, with first governed objects (one with an approval policy) and
+    made-up people and leaders, so a fresh install does something and `demo` can play."""
     body = example.replace("\ngoverned = []\n", "\n# governed: see [[governed]] at the end of this file\n", 1)
+    for empty, starter in (
+        ('\norg_id = ""\n', STARTER_ORG_ID),
+        ("\npeople = []\n", STARTER_PEOPLE),
+        ("\nusers = []\n", STARTER_LEADERS),
+    ):
+        body = body.replace(empty, "\n" + starter, 1)
     return body.rstrip("\n") + "\n" + STARTER_GOVERNED
 
 

@@ -151,7 +151,7 @@ def test_every_command_has_help(command: str) -> None:
     assert result.returncode == 0 and "usage:" in result.stdout
 
 
-def test_init_writes_a_starter_config_that_governs_opportunity(tmp_path: Path) -> None:
+def test_init_writes_a_starter_config_that_governs_opportunity_and_a_budget_approval(tmp_path: Path) -> None:
     import shutil
     import tomllib
 
@@ -169,7 +169,29 @@ def test_init_writes_a_starter_config_that_governs_opportunity(tmp_path: Path) -
     )
     assert result.returncode == 0, result.stderr
     written = tomllib.loads((tmp_path / "config" / "onrecord.toml").read_text())
-    assert written["governed"] == [{"object": "Opportunity", "fields": ["Amount", "StageName", "CloseDate"]}]
+    opportunity, budget = written["governed"]
+    assert opportunity == {"object": "Opportunity", "fields": ["Amount", "StageName", "CloseDate"]}
+    assert (budget["object"], budget["approval_field"], budget["form_id"]) == (
+        "Budget_Request__c",
+        "Status__c",
+        "budget-request",
+    )
+    assert [s["name"] for s in budget["stages"]] == ["business strategy", "finance"]
+    # made-up demo people and leaders, clearly fake, that the policy's approver groups name
+    people = written["directory"]["people"]
+    groups = {g for person in people for g in person.get("groups", [])}
+    assert {a for s in budget["stages"] for a in s["approvers"]} <= groups
+    emails = [e for person in people for e in person["emails"]]
+    leaders = written["leaders"]["users"]
+    assert all(e.endswith("@example.com") for e in [*emails, *(u["email"] for u in leaders)])
+    assert {u["email"] for u in leaders} <= set(emails)
+    assert written["salesforce"]["org_id"]  # the outbound messages of `demo` come from this org
+    # every other key is still the example's (the starter only fills the lists it replaces)
+    example = tomllib.loads((tmp_path / "config" / "onrecord.example.toml").read_text())
+    for section, values in example.items():
+        if isinstance(values, dict):
+            kept = {k: v for k, v in written[section].items() if k not in ("people", "users", "org_id")}
+            assert kept == {k: v for k, v in values.items() if k not in ("people", "users", "org_id")}
     assert (tmp_path / "var" / "onrecord.db").exists()
     check = subprocess.run(
         [sys.executable, "-m", "plugin", "check"],
@@ -180,7 +202,8 @@ def test_init_writes_a_starter_config_that_governs_opportunity(tmp_path: Path) -
         timeout=60,
     )
     assert check.returncode == 0, check.stdout
-    assert "ok   governed objects: Opportunity" in check.stdout
+    assert "ok   governed objects: Opportunity, Budget_Request__c" in check.stdout
+    assert "rules: approvals" in check.stdout
 
 
 def test_check_names_a_broken_outbound_wsdl(tmp_path: Path, sqlite_url: str) -> None:

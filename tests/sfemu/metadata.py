@@ -9,7 +9,9 @@ sf:INVALID_SESSION_ID with HTTP 500, as Salesforce answers. deploy() answers an 
 DeployResult with componentSuccesses / componentFailures. The package is checked the way a
 deploy fails in practice: package.xml at the zip's root (singlePackage), each member present in
 its file, every file well-formed Metadata API XML, each validation rule's formula within the
-subset formula.py evaluates and its errorMessage within 255 characters. A successful deploy (not
+subset formula.py evaluates and its errorMessage within 255 characters, each report and dashboard
+in a folder the package carries (reports/<Folder>-meta.xml, a ReportFolder / DashboardFolder),
+and each dashboard component's report one the package carries. A successful deploy (not
 checkOnly) defines the deployed objects, fields and validation rules in the emulated org, so later
 REST calls know them and the active rules refuse writes (see rest.py).
 """
@@ -42,6 +44,12 @@ ERROR_MESSAGE_MAX = 255  # a validation rule's errorMessage
 _FILES = {
     "CustomObject": ("objects", ".object"),
     "PermissionSet": ("permissionsets", ".permissionset"),
+    "ReportType": ("reportTypes", ".reportType"),
+}
+# Types whose components live in folders: (directory, suffix, the folder's type).
+_IN_FOLDERS = {
+    "Report": ("reports", ".report", "ReportFolder"),
+    "Dashboard": ("dashboards", ".dashboard", "DashboardFolder"),
 }
 
 
@@ -135,6 +143,26 @@ def _rule_problem(rule: etree._Element) -> str:
     return ""
 
 
+def _folder_problem(
+    prefix: str, type_name: str, member: str, listed: set[tuple[str, str]], parsed: dict[str, Any]
+) -> str:
+    """Why a report or dashboard (or its folder) would not deploy: a component outside a folder
+    the package carries, or a dashboard component whose report the package does not carry."""
+    folder, _, name = member.partition("/")
+    if not name:
+        return ""
+    if (type_name, folder) not in listed:
+        return f"Cannot find folder: {folder}"
+    if type_name != "Dashboard":
+        return ""
+    directory, suffix, _ = _IN_FOLDERS[type_name]
+    root = parsed.get(f"{prefix}{directory}/{member}{suffix}")
+    for report in root.iter(_MD + "report") if isinstance(root, etree._Element) else []:
+        if ("Report", (report.text or "").strip()) not in listed:
+            return f"Components: invalid report {report.text!r}"
+    return ""
+
+
 class Metadata:
     """One Metadata API request, its session already checked by `handle`."""
 
@@ -201,16 +229,24 @@ class Metadata:
         components: list[Component] = [Component("Package", manifest, "package.xml")]
         parsed: dict[str, etree._Element | str] = {}
         for name, content in files.items():
-            if name.endswith(".xml") or name.endswith("/"):
+            if name.endswith("package.xml") or name.endswith("/"):
                 continue
             try:
                 parsed[name] = etree.fromstring(content, _PARSER)
             except etree.XMLSyntaxError as exc:
                 parsed[name] = f"Error parsing file: {exc}"
+        listed = {
+            (types.findtext(_MD + "name") or "", member.text or "")
+            for types in package.findall(_MD + "types")
+            for member in types.findall(_MD + "members")
+        }
         for types in package.findall(_MD + "types"):
             type_name = types.findtext(_MD + "name") or ""
             for member in types.findall(_MD + "members"):
-                components.append(self._member(prefix, type_name, member.text or "", parsed))
+                component = self._member(prefix, type_name, member.text or "", parsed)
+                if component.success and type_name in _IN_FOLDERS:
+                    component.problem = _folder_problem(prefix, type_name, member.text or "", listed, parsed)
+                components.append(component)
         for file_name, problem in fail_next:
             for component in components:
                 if component.file == prefix + file_name or component.file == file_name:
@@ -239,16 +275,24 @@ class Metadata:
             if type_name == "ValidationRule":
                 return Component(type_name, file_name, member, _rule_problem(found))
             return Component(type_name, file_name, member)
-        if type_name in _FILES:
-            folder, suffix = _FILES[type_name]
-            file_name = f"{prefix}{folder}/{member}{suffix}"
+        if type_name in _FILES or type_name in _IN_FOLDERS:
+            root_tag = type_name
+            if type_name in _FILES:
+                folder, suffix = _FILES[type_name]
+                file_name = f"{prefix}{folder}/{member}{suffix}"
+            else:
+                folder, suffix, folder_type = _IN_FOLDERS[type_name]
+                if "/" in member:  # Folder/Name: a component in its folder
+                    file_name = f"{prefix}{folder}/{member}{suffix}"
+                else:  # the folder itself, described by <Folder>-meta.xml
+                    file_name, root_tag = f"{prefix}{folder}/{member}-meta.xml", folder_type
             root = parsed.get(file_name)
             if root is None:
                 return Component(type_name, file_name, member, missing)
             if isinstance(root, str):
                 return Component(type_name, file_name, member, root)
-            if root.tag != _MD + type_name:
-                return Component(type_name, file_name, member, f"Expected a {type_name} in {MD_NS}")
+            if root.tag != _MD + root_tag:
+                return Component(type_name, file_name, member, f"Expected a {root_tag} in {MD_NS}")
             return Component(type_name, file_name, member)
         return Component(type_name, "", member)  # a type the emulator does not check
 

@@ -88,11 +88,21 @@ STANDARD_FIELDS = (
     "SystemModstamp",
 )
 LOGIN_HISTORY_FIELDS = ("UserId", "LoginTime", "LoginType", "Application", "Status", "SourceIp", "Platform")
-USER_FIELDS = ("Id", "Username", "Name", "Email", "FederationIdentifier", "IsActive", "UserType")
+USER_FIELDS = (
+    "Id",
+    "Username",
+    "Name",
+    "Email",
+    "FederationIdentifier",
+    "IsActive",
+    "UserType",
+    "UserRoleId",
+)
+USER_ROLE_FIELDS = ("Name", "DeveloperName", "ParentRoleId")
 GROUP_FIELDS = ("Name", "DeveloperName", "Type")
 GROUP_MEMBER_FIELDS = ("GroupId", "UserOrGroupId")
 # Key prefixes tests/sfemu/ids.py does not know (it would hand out a custom object's a0X).
-EXTRA_KEY_PREFIXES = {"GroupMember": "011"}
+EXTRA_KEY_PREFIXES = {"GroupMember": "011", "UserRole": "00E"}
 
 
 class OrgState:
@@ -115,6 +125,7 @@ class OrgState:
         self.define_object("User", USER_FIELDS, strict=False)
         self.define_object("Group", GROUP_FIELDS, strict=True)
         self.define_object("GroupMember", GROUP_MEMBER_FIELDS, strict=True)
+        self.define_object("UserRole", USER_ROLE_FIELDS, strict=True)
         for standard in ("Account", "Contact", "Opportunity", "Lead", "Case"):
             self.define_object(standard, ["Name"])
 
@@ -166,9 +177,10 @@ class OrgState:
         federation_identifier: str | None = None,
         user_type: str = "Standard",
         active: bool = True,
+        role_id: str | None = None,
     ) -> str:
         """Create a user (if new; an existing one is returned as it is); return its id. Email
-        defaults to the username, Name to the username's local part."""
+        defaults to the username, Name to the username's local part; role_id is a UserRole's id."""
         with self.lock:
             if username not in self.users:
                 user_id = self.ids.new("User")
@@ -181,8 +193,20 @@ class OrgState:
                     "FederationIdentifier": federation_identifier,
                     "IsActive": active,
                     "UserType": user_type,
+                    "UserRoleId": to18(role_id) if role_id else None,
                 }
             return self.users[username]
+
+    def add_role(self, name: str, *, developer_name: str | None = None, parent_id: str | None = None) -> str:
+        """Create a UserRole (a place in the role hierarchy); return its id. DeveloperName defaults
+        to the name with underscores. Give users it with add_user(role_id=) or set_user(UserRoleId=)."""
+        with self.lock:
+            values = {
+                "Name": name,
+                "DeveloperName": developer_name or "_".join(name.split()),
+                "ParentRoleId": to18(parent_id) if parent_id else None,
+            }
+            return self.insert(self.objects["userrole"], values, self._admin_id())
 
     def set_user(self, user_id: str, **fields: Any) -> None:
         """Change a user's fields (e.g. IsActive=False to deactivate, as Salesforce never deletes)."""

@@ -64,7 +64,8 @@ def metadata_schema() -> etree.XMLSchema:
     assert source is not None
     schema = etree.Element(f"{{{XSD}}}schema", nsmap={"xsd": XSD, "tns": NS}, attrib=dict(source.attrib))
     schema.extend(copy.deepcopy(child) for child in source)
-    for root in ("CustomObject", "Package", "PermissionSet"):
+    roots = ("CustomObject", "Package", "PermissionSet", "ReportType", "Report", "Dashboard")
+    for root in (*roots, "ReportFolder", "DashboardFolder"):
         etree.SubElement(schema, f"{{{XSD}}}element", name=root, type=f"tns:{root}")
     return etree.XMLSchema(schema)
 
@@ -99,6 +100,8 @@ def test_every_file_is_valid_against_salesforces_metadata_schema(
     files = build_package(config)
 
     assert sorted(files) == [
+        "dashboards/OnRecord-meta.xml",
+        "dashboards/OnRecord/OnRecord_Leader_Buy_In.dashboard",
         "objects/Budget_Request__c.object",
         "objects/OnRecord_Leader_Signal__c.object",
         "objects/OnRecord_Violation__c.object",
@@ -106,6 +109,9 @@ def test_every_file_is_valid_against_salesforces_metadata_schema(
         "package.xml",
         "permissionsets/OnRecord_Integration.permissionset",
         "permissionsets/OnRecord_Viewer.permissionset",
+        "reportTypes/OnRecord_Leader_Signals.reportType",
+        "reports/OnRecord-meta.xml",
+        "reports/OnRecord/OnRecord_Leader_Buy_In.report",
     ]
     for name, content in files.items():
         assert content.startswith(b'<?xml version="1.0" encoding="UTF-8"?>\n'), name
@@ -171,7 +177,9 @@ def test_leader_signal_object_is_keyed_by_leader_and_period(config: Config) -> N
     assert (leader.findtext(MD + "type"), leader.findtext(MD + "referenceTo")) == ("Lookup", "User")
     assert fields["OnRecord_Period__c"].findtext(MD + "type") == "Text"
     counts = {
-        n for n, f in fields.items() if f.findtext(MD + "type") == "Number" and n != "OnRecord_Score__c"
+        n
+        for n, f in fields.items()
+        if f.findtext(MD + "type") == "Number" and n not in ("OnRecord_Score__c", "OnRecord_Trend__c")
     }
     assert counts == {
         "OnRecord_Logins__c",
@@ -180,8 +188,14 @@ def test_leader_signal_object_is_keyed_by_leader_and_period(config: Config) -> N
         "OnRecord_Trainings__c",
         "OnRecord_Citations__c",
         "OnRecord_Off_System_Approvals__c",
+        "OnRecord_Report_Views__c",
+        "OnRecord_Dashboard_Views__c",
     }
     assert fields["OnRecord_Score__c"].findtext(MD + "scale") == "1"
+    trend = fields["OnRecord_Trend__c"]
+    assert (trend.findtext(MD + "type"), trend.findtext(MD + "scale")) == ("Number", "1")
+    version = fields["OnRecord_Weights_Version__c"]
+    assert (version.findtext(MD + "type"), version.findtext(MD + "length")) == ("Text", "40")
     champion = fields["OnRecord_Champion_Candidate__c"]
     assert (champion.findtext(MD + "type"), champion.findtext(MD + "defaultValue")) == ("Checkbox", "false")
     assert obj.findtext(MD + "deploymentStatus") == "Deployed"
@@ -344,7 +358,7 @@ def test_package_xml_names_every_component_at_the_configured_api_version(config:
     assert members["CustomObject"] == ["OnRecord_Leader_Signal__c", "OnRecord_Violation__c"]
     assert "Opportunity.OnRecord_Channel__c" in members["CustomField"]
     assert "OnRecord_Leader_Signal__c.OnRecord_Key__c" in members["CustomField"]
-    assert len(members["CustomField"]) == 2 * 7 + 12 + 10
+    assert len(members["CustomField"]) == 2 * 7 + 16 + 10
     assert members["ValidationRule"] == [f"Budget_Request__c.{APPROVAL_RULE}"]
     assert members["PermissionSet"] == ["OnRecord_Integration", "OnRecord_Viewer"]
     assert package.findtext(MD + "version") == "62.0"
@@ -356,7 +370,7 @@ def test_integration_permission_set_can_edit_every_onrecord_field(config: Config
     view = parse(files["permissionsets/OnRecord_Viewer.permissionset"])
 
     editable = {p.findtext(MD + "field") for p in edit.findall(MD + "fieldPermissions")}
-    assert "Budget_Request__c.OnRecord_Approval__c" in editable and len(editable) == 36
+    assert "Budget_Request__c.OnRecord_Approval__c" in editable and len(editable) == 40
     assert {p.findtext(MD + "editable") for p in edit.findall(MD + "fieldPermissions")} == {"true"}
     assert {p.findtext(MD + "editable") for p in view.findall(MD + "fieldPermissions")} == {"false"}
     objects = {
@@ -371,6 +385,40 @@ def test_approval_rule_without_the_integration_user_id_is_refused(tmp_path: Path
 
     with pytest.raises(PackageError, match=r"salesforce\.integration_user_id"):
         build_package(config)
+
+
+def test_the_leader_buy_in_report_and_dashboard_sit_on_the_report_type_in_their_folders(
+    config: Config,
+) -> None:
+    files = build_package(config)
+    report_type = parse(files["reportTypes/OnRecord_Leader_Signals.reportType"])
+    report = parse(files["reports/OnRecord/OnRecord_Leader_Buy_In.report"])
+    dashboard = parse(files["dashboards/OnRecord/OnRecord_Leader_Buy_In.dashboard"])
+    package = parse(files["package.xml"])
+    members = {
+        t.findtext(MD + "name"): [m.text for m in t.findall(MD + "members")]
+        for t in package.findall(MD + "types")
+    }
+
+    assert report_type.findtext(MD + "baseObject") == "OnRecord_Leader_Signal__c"
+    assert report_type.findtext(MD + "deployed") == "true"
+    offered = {c.findtext(MD + "field") for c in report_type.iter(MD + "columns")}
+    signal_fields = set(fields_of(parse(files["objects/OnRecord_Leader_Signal__c.object"])))
+    assert offered == {"Name"} | signal_fields - {"OnRecord_Key__c"}
+    assert report.findtext(MD + "reportType") == "OnRecord_Leader_Signals__c"  # a custom report type
+    used = {c.findtext(MD + "field") for c in report.findall(MD + "columns")}
+    used |= {g.findtext(MD + "field") for g in report.findall(MD + "groupingsDown")}
+    assert {
+        "OnRecord_Leader_Signal__c$OnRecord_Score__c",
+        "OnRecord_Leader_Signal__c$OnRecord_Leader__c",
+    } <= used
+    assert {u.partition("$")[2] for u in used} <= offered
+    assert [r.text for r in dashboard.iter(MD + "report")] == ["OnRecord/OnRecord_Leader_Buy_In"]
+    assert dashboard.findtext(MD + "title") == "Leader Buy-In"
+    assert members["ReportType"] == ["OnRecord_Leader_Signals"]
+    assert members["Report"] == members["Dashboard"] == ["OnRecord", "OnRecord/OnRecord_Leader_Buy_In"]
+    assert parse(files["reports/OnRecord-meta.xml"]).tag == MD + "ReportFolder"
+    assert parse(files["dashboards/OnRecord-meta.xml"]).tag == MD + "DashboardFolder"
 
 
 def test_zip_has_package_xml_at_its_root(config: Config) -> None:
@@ -447,7 +495,7 @@ def test_provision_deploy_sends_the_package_and_reports_success(
     assert deployment.files == on_disk
     assert deployment.options["rollbackOnError"].lower() == "true"  # production: all or nothing
     assert deployment.options["checkOnly"] == "false" and deployment.status == "Succeeded"
-    assert "deployed: 41 of 41 components (deploy 0Af" in capsys.readouterr().out
+    assert "deployed: 50 of 50 components (deploy 0Af" in capsys.readouterr().out
 
 
 def test_deployed_objects_can_be_written_by_their_external_id(
@@ -466,7 +514,7 @@ def test_deployed_objects_can_be_written_by_their_external_id(
         records=[RecordWrite(f"{leader}:2025-03", {"OnRecord_Leader__c": leader, "OnRecord_Logins__c": 4})],
     )
 
-    assert outcome.ok and outcome.components_deployed == outcome.components_total == 33
+    assert outcome.ok and outcome.components_deployed == outcome.components_total == 42
     assert [r.ok for r in writer.write_batch(batch)] == [True]
     (record,) = emu.records("OnRecord_Leader_Signal__c")
     assert record["OnRecord_Key__c"] == f"{leader}:2025-03" and record["OnRecord_Logins__c"] == 4
@@ -503,7 +551,29 @@ def test_check_only_deploy_validates_without_saving(
     assert main(["provision", "--deploy", "--check-only"]) == 0
 
     assert emu.deployments[0].check_only
-    assert "validated (check only): 41 of 41 components" in capsys.readouterr().out
+    assert "validated (check only): 50 of 50 components" in capsys.readouterr().out
+
+
+def test_a_report_outside_a_folder_the_package_carries_fails_the_deploy(
+    emu: SalesforceEmulator, keypair: KeyPair, tmp_path: Path
+) -> None:
+    sf_config = make_config(
+        f"sqlite:///{tmp_path}/y.db", tmp_path, governed=GOVERNED[:1], **overrides(emu, keypair, tmp_path)
+    )
+    files = build_package(sf_config)
+    files["package.xml"] = files["package.xml"].replace(
+        b"<members>OnRecord</members>\n        <members>OnRecord/OnRecord_Leader_Buy_In</members>\n"
+        b"        <name>Report</name>",
+        b"<members>OnRecord/OnRecord_Leader_Buy_In</members>\n        <name>Report</name>",
+    )
+
+    outcome = deploy_package(build_salesforce_writer(sf_config), files, sandbox=False, poll_seconds=0.01)
+
+    assert outcome.status == "Failed"
+    assert (
+        "reports/OnRecord/OnRecord_Leader_Buy_In.report: Error: Cannot find folder: OnRecord"
+        in outcome.errors
+    )
 
 
 def test_deploy_polls_until_salesforce_says_it_is_done(

@@ -14,6 +14,7 @@ from connectors.salesforce.ids import to_18
 from connectors.salesforce.users import (
     GROUP_QUERY,
     JOB_NAME,
+    ROLE_QUERY,
     USER_QUERY,
     directory_job,
     looks_like_address,
@@ -69,11 +70,13 @@ def test_the_emulator_answers_the_user_group_and_member_queries(
     emu: SalesforceEmulator, keypair: KeyPair, tmp_path: Path
 ) -> None:
     state = org(emu)
+    director = state.add_role("Sales Director")
     ana = state.add_user(
         "ana@acme.example",
         name="Ana Ruiz",
         email="ana.ruiz@contoso.com",
         federation_identifier="ana@contoso.com",
+        role_id=director,
     )
     finance = state.add_group("Finance Approvers", [ana])
     state.add_group("Support", [ana], group_type="Queue")
@@ -88,7 +91,10 @@ def test_the_emulator_answers_the_user_group_and_member_queries(
         "FederationIdentifier": "ana@contoso.com",
         "IsActive": True,
         "UserType": "Standard",
+        "UserRoleId": director,
     }
+    assert director.startswith("00E")
+    assert [(r["Id"], r["Name"]) for r in query(ROLE_QUERY)] == [(director, "Sales Director")]
     assert [(g["Id"], g["Name"], g["DeveloperName"]) for g in query(GROUP_QUERY)] == [
         (finance, "Finance Approvers", "Finance_Approvers")
     ]
@@ -145,6 +151,34 @@ def test_users_and_their_public_groups_end_up_in_the_directory(
     assert automated is not None and automated.user_type == "AutomatedProcess"
     assert not people.same_person(ana, bo)
     assert {p.key for p in stored_people(engine, "salesforce")} >= {ana, bo, carl, bot}
+
+
+def test_each_users_role_ends_up_in_the_directory(
+    emu: SalesforceEmulator, keypair: KeyPair, tmp_path: Path
+) -> None:
+    state = org(emu)
+    vp, director = state.add_role("VP Sales"), state.add_role("Sales Director")
+    ana = state.add_user("ana@acme.example", name="Ana Ruiz", role_id=vp)
+    bo = state.add_user("bo@acme.example", name="Bo Chen", role_id=director)
+    carl = state.add_user("carl@acme.example", name="Carl Ode")  # no role
+    config = sf_config(emu, keypair, tmp_path)
+    engine = get_engine(config.storage.url)
+    upgrade(engine)
+
+    result = refresh_directory_now(config, engine, owner="test")
+
+    assert result.state["roles"] == 2
+    people = directory_now(config)
+    roles = {p.key: p.roles for p in (people.find(ana), people.find(bo), people.find(carl)) if p}
+    assert roles == {ana: ("VP Sales",), bo: ("Sales Director",), carl: ()}
+    stored = {p.key: p.to_json() for p in stored_people(engine, "salesforce")}
+    assert stored[ana]["roles"] == ["VP Sales"] and "roles" not in stored[carl]
+
+    state.set_user(bo, UserRoleId=vp)  # promoted
+    again = refresh_directory_now(config, engine, owner="test")
+    assert again.state["updated"] == 1
+    promoted = directory_now(config).find(bo)
+    assert promoted is not None and promoted.roles == ("VP Sales",)
 
 
 def test_a_deactivated_user_stays_inactive_and_a_removed_member_loses_the_group(
@@ -275,7 +309,7 @@ def test_members_are_read_for_public_groups_only_200_groups_a_query() -> None:
 def test_no_public_groups_means_no_member_query() -> None:
     fake = FakeOrg(groups=0)
     read_people(fake.query)
-    assert fake.queries == [USER_QUERY, GROUP_QUERY]
+    assert fake.queries == [USER_QUERY, GROUP_QUERY]  # and no user has a role: no role query
 
 
 @pytest.mark.parametrize(
