@@ -34,9 +34,11 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
+from plugin import strict_json
 from plugin.api_auth import api_error, require_api_auth
 from plugin.crm import CrmError
 from plugin.events import Event
+from plugin.identity import canonical_record_id
 from plugin.inbox import insert_events
 from plugin.provenance.canonical import canonical_json, values_digest
 from plugin.provenance.dsse import sign_envelope
@@ -109,6 +111,7 @@ def load_chain(rt: Runtime, store: KeyStore, obj: str, record_id: str) -> Loaded
 def provenance(obj: str, record_id: str) -> Response:
     """The record's chain, newest first: envelope, verification, inclusion proof."""
     rt = runtime()
+    record_id = canonical_record_id(record_id)
     try:
         loaded = load_chain(rt, key_store(rt.config), obj, record_id)
     except KeyStoreError as exc:
@@ -173,6 +176,14 @@ def checkpoint() -> Response:
     )
 
 
+def _json_body() -> Any:
+    """The request's JSON, read strictly (no NaN, duplicate keys, deep nesting ...)."""
+    try:
+        return strict_json.loads(request.get_data(cache=False))
+    except strict_json.JsonRefused as exc:
+        raise BadRequest(f"{exc.message} ({exc.reason})") from exc
+
+
 def _figure_request(body: Any, *, citation: bool) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
@@ -183,6 +194,7 @@ def _figure_request(body: Any, *, citation: bool) -> dict[str, Any]:
         raise BadRequest("object and field must be API names")
     if not _RECORD_ID.match(body["id"]):
         raise BadRequest("id is not a record id")
+    body["id"] = canonical_record_id(body["id"])  # a flow's 15-character id is the record's 18
     if "value" not in body or isinstance(body["value"], dict | list):
         raise BadRequest("value is required (a string, number, boolean or null)")
     if citation:
@@ -209,7 +221,7 @@ def _judge(rt: Runtime, loaded: LoadedChain, body: Mapping[str, Any]) -> Verdict
 def verify_figure() -> Response:
     """Is this figure from the system? The verdict, and the sentence to say."""
     try:
-        body = _figure_request(request.get_json(silent=True), citation=False)
+        body = _figure_request(_json_body(), citation=False)
     except BadRequest as exc:
         return api_error(400, "bad_request", str(exc))
     rt = runtime()
@@ -226,7 +238,7 @@ def verify_figure() -> Response:
 def cite() -> Response:
     """Sign a leader's citation of a figure, log it, and count it as a leader signal."""
     try:
-        body = _figure_request(request.get_json(silent=True), citation=True)
+        body = _figure_request(_json_body(), citation=True)
     except BadRequest as exc:
         return api_error(400, "bad_request", str(exc))
     rt = runtime()

@@ -128,3 +128,50 @@ def test_the_api_needs_a_token(client: FlaskClient, method: str, path: str, body
 def test_bad_requests_and_unknown_records(client: FlaskClient) -> None:
     assert client.post("/api/verify", json={"object": "Opportunity"}, headers=AUTH).status_code == 400
     assert client.get("/api/provenance/Opportunity/0065g00000NoneAAA", headers=AUTH).status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/api/verify", "/api/citations"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(
+            b'{"object": "Opportunity", "id": "'
+            + RECORD.encode()
+            + b'", "field": "Amount", "value": NaN, "leader": "a@b.co"}',
+            id="NaN",
+        ),
+        pytest.param(
+            b'{"object": "Opportunity", "id": "'
+            + RECORD.encode()
+            + b'", "field": "Amount", "value": 1e400, "leader": "a@b.co"}',
+            id="1e400",
+        ),
+        pytest.param(
+            b'{"object": "Opportunity", "object": "Account", "id": "x", "field": "Amount", "value": 1}',
+            id="duplicate key",
+        ),
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, id="100,000-deep"),
+        pytest.param(b'{"value": ' + b"9" * 5000 + b"}", id="5,000-digit integer"),
+    ],
+)
+def test_a_hostile_figure_request_is_400_naming_the_problem(
+    client: FlaskClient, path: str, raw: bytes
+) -> None:
+    resp = client.post(path, data=raw, headers={**AUTH, "Content-Type": "application/json"})
+    assert resp.status_code == 400, resp.json
+    assert resp.json["reason"] == "bad_request" and resp.json["error"]
+
+
+def test_a_15_character_id_verifies_the_18_character_record(client: FlaskClient) -> None:
+    from connectors.salesforce.ids import to_18
+
+    rt = client.application.extensions["onrecord"]
+    record = to_18("0065g00000Zeta1")
+    with begin_write(rt.engine) as conn:
+        insert_events(conn, [changed(5, record_id=record, Amount="75000.00")], datetime.now(UTC))
+    Worker(rt.engine, load_rules(rt.config)).run_once()
+    body = {"object": "Opportunity", "id": record[:15], "field": "Amount", "value": "75,000"}
+    resp = client.post("/api/verify", json=body, headers=AUTH)
+    assert resp.status_code == 200 and resp.json["verified"] is True, resp.json
+    chain = client.get(f"/api/provenance/Opportunity/{record[:15]}", headers=AUTH)
+    assert chain.status_code == 200 and chain.json["record_id"] == record
