@@ -44,12 +44,13 @@ def _insert(conn: sa.Connection) -> Any:
 
 
 class _TxState(StateReader):
-    """State as of this transaction plus what earlier events of the batch changed."""
+    """State as read for this pass plus what earlier events of the batch changed; remembers the
+    version (updated_at, or absent) of every key it read, for the store to check."""
 
-    def __init__(self, conn: sa.Connection, lock: bool) -> None:
+    def __init__(self, conn: sa.Connection) -> None:
         self._conn = conn
-        self._lock = lock
         self._cache: dict[str, Any] = {}
+        self.versions: dict[str, datetime | None] = {}
         self.changes: dict[str, Any] = {}
 
     def get(self, key: str) -> Any | None:
@@ -64,12 +65,29 @@ class _TxState(StateReader):
         missing = sorted({k for k in keys if k not in self._cache and k not in self.changes})
         for i in range(0, len(missing), PREFETCH_CHUNK):
             chunk = missing[i : i + PREFETCH_CHUNK]
-            stmt = sa.select(rule_state.c.key, rule_state.c.value).where(rule_state.c.key.in_(chunk))
-            if self._lock:
-                stmt = stmt.with_for_update()  # another worker's rule may share these keys
-            found = dict(self._conn.execute(stmt).tuples().all())
+            stmt = sa.select(rule_state.c.key, rule_state.c.value, rule_state.c.updated_at).where(
+                rule_state.c.key.in_(chunk)
+            )
+            found = {key: (value, at) for key, value, at in self._conn.execute(stmt).tuples()}
             for key in chunk:
-                self._cache[key] = found.get(key)
+                value, at = found.get(key, (None, None))
+                self._cache[key] = value
+                self.versions[key] = at
+
+
+def _unchanged(conn: sa.Connection, versions: dict[str, datetime | None], lock: bool) -> bool:
+    """Whether every state key read still has the version it was read at (locking them on
+    PostgreSQL until the transaction ends, as another worker's rule may share a key)."""
+    keys = sorted(versions)
+    for i in range(0, len(keys), PREFETCH_CHUNK):
+        chunk = keys[i : i + PREFETCH_CHUNK]
+        stmt = sa.select(rule_state.c.key, rule_state.c.updated_at).where(rule_state.c.key.in_(chunk))
+        if lock:
+            stmt = stmt.with_for_update()
+        now = dict(conn.execute(stmt).tuples().all())
+        if any(now.get(key) != versions[key] for key in chunk):
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -167,22 +185,20 @@ class Worker:
             )
 
     def _process(self, keys: list[str], now: datetime) -> BatchResult:
-        pg = is_postgres(self.engine)
-        with begin_write(self.engine) as conn:
-            # Keep the leases first: if another worker took a key over, this pass does nothing.
-            kept = conn.execute(
-                key_leases.update()
-                .where(key_leases.c.ordering_key.in_(keys), key_leases.c.owner == self.owner)
-                .values(lease_until=now + self.lease)
-            ).rowcount
-            if kept != len(keys):
-                raise LeaseLost(f"{len(keys) - kept} of {len(keys)} key leases were taken over")
+        """Decide in a read transaction, then store in a short write transaction.
+
+        Rules (signing, canonicalising, judging) run while nothing is locked: on SQLite the
+        inbox writer, which acknowledges senders, never waits for them, only for the store.
+        The store first checks the pass still holds its leases and that no state key it read
+        has changed since (another worker's rule may share one); if either fails, nothing is
+        written and the keys are retried."""
+        with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(inbox)
                 .where(inbox.c.ordering_key.in_(keys), inbox.c.status == "pending")
                 .order_by(inbox.c.ordering_key, inbox.c.occurred_at, inbox.c.id)
             ).all()
-            state = _TxState(conn, lock=pg)
+            state = _TxState(conn)
             state.prefetch(self._state_keys(rows))
             done: list[int] = []
             parked: list[tuple[int, str]] = []
@@ -200,12 +216,23 @@ class Worker:
                     state.changes.update(outcome.state)
                     staged.add(rule_name, outcome, event, now)
                 done.append(row.id)
-                metrics.PROCESSED.labels(row.kind).inc()
+        with begin_write(self.engine) as conn:
+            kept = conn.execute(
+                key_leases.update()
+                .where(key_leases.c.ordering_key.in_(keys), key_leases.c.owner == self.owner)
+                .values(lease_until=now + self.lease)
+            ).rowcount
+            if kept != len(keys):
+                raise LeaseLost(f"{len(keys) - kept} of {len(keys)} key leases were taken over")
+            if not _unchanged(conn, state.versions, lock=is_postgres(self.engine)):
+                raise LeaseLost("state read by this pass changed before it could be stored")
             _store_state(conn, state.changes, now)
             staged.store(conn)
             # processed_at is evidence of when the verdict was made: the moment it is stored, not
             # the start of the pass (a claim and the rules come between).
-            _mark(conn, done, "done", datetime.now(UTC))
+            marked = _mark(conn, done, "done", datetime.now(UTC))
+            if marked != len(done):
+                raise LeaseLost(f"{len(done) - marked} events were processed by another pass")
             for event_id, error in parked:
                 conn.execute(
                     inbox.update()
@@ -217,6 +244,9 @@ class Worker:
                     key_leases.c.ordering_key.in_(keys), key_leases.c.owner == self.owner
                 )
             )
+        for row in rows:
+            if row.id in done:
+                metrics.PROCESSED.labels(row.kind).inc()
         return BatchResult(done=len(done), parked=len(parked))
 
     def _state_keys(self, rows: Sequence[Any]) -> set[str]:
@@ -360,8 +390,13 @@ def _store_state(conn: sa.Connection, changes: dict[str, Any], now: datetime) ->
         conn.execute(rule_state.delete().where(rule_state.c.key.in_(deletes)))
 
 
-def _mark(conn: sa.Connection, ids: list[int], status: str, now: datetime) -> None:
-    if ids:
-        conn.execute(
-            inbox.update().where(inbox.c.id.in_(ids)).values(status=status, processed_at=now, error=None)
-        )
+def _mark(conn: sa.Connection, ids: list[int], status: str, now: datetime) -> int:
+    """Mark pending events; the number marked (fewer if some were no longer pending)."""
+    if not ids:
+        return 0
+    result = conn.execute(
+        inbox.update()
+        .where(inbox.c.id.in_(ids), inbox.c.status == "pending")
+        .values(status=status, processed_at=now, error=None)
+    )
+    return int(result.rowcount)

@@ -20,7 +20,7 @@ from plugin.dispatch import Dispatcher
 from plugin.jobs import JobRunner, load_jobs
 from plugin.rules import load_rules
 from plugin.storage import get_engine
-from plugin.worker import Worker, worker_id
+from plugin.worker import LeaseLost, Worker, worker_id
 from plugin.writers import build_writer
 
 log = logging.getLogger("plugin.worker")
@@ -147,6 +147,9 @@ def _loop(name: str, step: Callable[[], Any], stop: threading.Event, interval: f
         try:
             busy = step()
             backoff = interval
+        except LeaseLost as exc:  # another worker got there first: nothing was written, go again
+            log.warning("%s pass yielded: %s", name, exc, extra={"reason": "lease_lost"})
+            busy = True
         except Exception:  # keep going: the database may be back in a moment
             log.exception("%s pass failed", name, extra={"reason": f"{name}_failed"})
             busy = False

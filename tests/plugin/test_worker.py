@@ -170,3 +170,29 @@ def test_load_rules_names_a_bad_entry(config: Config) -> None:
     bad = config.model_copy(update={"worker": config.worker.model_copy(update={"rules": ["plugin.rules"]})})
     with pytest.raises(ValueError, match="module:attribute"):
         load_rules(bad)
+
+
+def test_rules_run_outside_the_write_lock_and_a_state_changed_meanwhile_is_never_overwritten(
+    engine: sa.Engine,
+) -> None:
+    """The rules decide in a read transaction; a state key another worker changed between that
+    and the store makes the pass store nothing, and the next pass decides again on the new state."""
+    meddled: list[bool] = []
+
+    def counting(event: Event, state: StateReader, now: datetime) -> Outcome:
+        current = state.get("shared:total") or 0
+        if not meddled:  # another worker writes the shared key while this one is deciding
+            meddled.append(True)
+            with begin_write(engine) as conn:  # would deadlock if the pass held the write lock
+                conn.execute(rule_state.insert().values(key="shared:total", value=100, updated_at=now))
+        return Outcome(state={"shared:total": current + 1})
+
+    rule = Rule("shared", frozenset({"record.changed"}), counting, state_keys=lambda e: ["shared:total"])
+    store(engine, event(1))
+    w = Worker(engine, [rule])
+    with pytest.raises(LeaseLost, match="changed"):
+        w.run_once(T0)
+    w.release(["Opportunity/" + record_id(1)])
+    assert statuses(engine) == {"d1": "pending"} and state(engine, "shared:total") == 100
+    assert w.run_once(T0 + timedelta(seconds=1)).done == 1
+    assert state(engine, "shared:total") == 101
