@@ -131,7 +131,18 @@ def provenance_rule(
                 outcome.merge(signed)
         return outcome
 
-    return Rule(name="provenance", kinds=KINDS, apply=apply)
+    def state_keys(event: Event) -> list[str]:
+        from plugin.rules.approvals import set_marker_key
+
+        obj, record_id = event.object, event.record_id
+        if not obj or not record_id or obj not in settings.governed:
+            return []
+        keys = [head_key(obj, record_id), context_key(obj, record_id)]
+        if event.kind != "record.changed":
+            keys.append(set_marker_key(obj, record_id))
+        return keys
+
+    return Rule(name="provenance", kinds=KINDS, apply=apply, state_keys=state_keys)
 
 
 def provenance_rule_for(config: Config, directory: Callable[[], Directory] = Directory) -> Rule:
