@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("worker", help="run the rules worker and the dispatcher")
     p.add_argument("--once", action="store_true", help="work until idle, then exit")
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
-    p = sub.add_parser("inbox-writer", help=argparse.SUPPRESS)  # started by `serve` for SQLite
+    p = sub.add_parser("inbox-writer")  # started by `serve` for SQLite; not listed (no help)
     p.add_argument("--socket", required=True)
     p.add_argument("--parent-pid", type=int)
     sub.add_parser("check", help="validate configuration and reach the database and the CRM")

@@ -42,14 +42,13 @@ the mobile app, a mobile dashboard, a preview or an export; or `IsScheduled`), a
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from typing import Any
 
 from connectors.salesforce.changes import take_in
 from connectors.salesforce.ids import is_salesforce_id, same_id, to_18
-from plugin import signatures
+from plugin import signatures, strict_json
 from plugin.events import Event
 from plugin.receive import Incoming, Parsed, Rejected, Source, json_ack, json_refusal
 
@@ -107,9 +106,9 @@ def authenticate(incoming: Incoming) -> str:
 def parse(incoming: Incoming, sender: str) -> Parsed:
     """Validate the body: each handled event becomes a `record.changed` or `user.activity` Event."""
     try:
-        body = json.loads(incoming.body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Rejected(400, "not_json", "body is not JSON") from exc
+        body = strict_json.loads(incoming.body)
+    except strict_json.JsonRefused as exc:
+        raise Rejected(400, exc.reason, exc.message) from exc
     if not isinstance(body, dict):
         raise Rejected(400, "bad_shape", "body must be a JSON object")
     webhook_id = incoming.headers["webhook-id"]  # present: authenticate checked it
@@ -303,6 +302,8 @@ def _datetime(obj: dict[str, Any], key: str, where: str) -> datetime:
         raise Rejected(400, "bad_field", f"{where}.{key} is not an ISO 8601 date-time") from exc
     if value.tzinfo is None:
         raise Rejected(400, "bad_field", f"{where}.{key} must carry a time zone")
+    if not 2000 <= value.astimezone(UTC).year <= 2200:  # 0001 or 9999 would crash the worker later
+        raise Rejected(400, "bad_field", f"{where}.{key} is out of range (years 2000 to 2200)")
     return value
 
 

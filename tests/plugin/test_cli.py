@@ -151,6 +151,18 @@ def test_every_command_has_help(command: str) -> None:
     assert result.returncode == 0 and "usage:" in result.stdout
 
 
+def test_the_command_list_shows_no_argparse_internals() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "plugin", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert "SUPPRESS" not in result.stdout and "inbox-writer" not in result.stdout
+
+
 def test_init_writes_a_starter_config_that_governs_opportunity_and_a_budget_approval(tmp_path: Path) -> None:
     import shutil
     import tomllib

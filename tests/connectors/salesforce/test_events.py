@@ -440,3 +440,30 @@ def test_ids_are_kept_in_18_characters(client: FlaskClient, config: Config) -> N
     post(client, monitoring("report_viewed", ReportId="00O5g000004RpTa", UserId=USER_ID[:15]))
     (row,) = stored(config)
     assert (row.actor, row.data["report_id"]) == (USER_ID, "00O5g000004RpTaEAK")
+
+
+@pytest.mark.parametrize("year", ["0001", "9999"])
+def test_a_date_onrecord_cannot_process_is_refused_at_the_door(client: Any, year: str) -> None:
+    # An occurred_at in year 9999 was acknowledged and then crashed the worker (OverflowError).
+    event = change_event(1)
+    event["occurred_at"] = f"{year}-01-01T00:00:00Z"
+    body, headers = signed(TEST_SECRET, event)
+    resp = client.post(URL, data=body, headers=headers)
+    assert resp.status_code == 400 and "out of range" in resp.json["error"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"id": "e", "id": "f"}', "duplicate_key"),
+        (b'{"Amount": NaN}', "not_a_number"),
+        (b"[" * 100_000 + b"]" * 100_000, "too_deep"),
+        (b'{"n": ' + b"9" * 4400 + b"}", "not_a_number"),
+        ('{"a": "b"}'.encode("utf-16"), "not_utf8"),
+        (b'{"a": "\\ud800"}', "bad_string"),
+    ],
+)
+def test_a_hostile_signed_body_is_400_naming_the_problem(client: Any, raw: bytes, reason: str) -> None:
+    headers = signed_headers(TEST_SECRET, raw)
+    resp = client.post(URL, data=raw, headers=headers)
+    assert resp.status_code == 400 and resp.json["reason"] == reason
