@@ -77,6 +77,9 @@ class WorkerConfig(_Section):
     poll_interval_seconds: float = Field(0.2, gt=0)
     # Rules run on each event: "module:attribute" paths, each a Rule or a list of Rules.
     rules: list[str] = Field(default_factory=lambda: ["plugin.rules:builtin_rules"])
+    # Scheduling priority the worker lowers itself by (nice), so that on a shared machine the
+    # receive path, which acknowledges senders, gets the CPU first. 0: as the parent.
+    nice: int = Field(10, ge=0, le=19)
     # Scheduled jobs (pollers): "module:attribute" paths of factories(config) -> list of Jobs.
     jobs: list[str] = Field(default_factory=lambda: ["plugin.jobs:builtin_jobs"])
 

@@ -54,6 +54,10 @@ def build(config: Config) -> tuple[Worker, Dispatcher, JobRunner]:
 def run(args: argparse.Namespace, config: Config) -> int:
     """Loop until SIGTERM/SIGINT (or, with --once, until there is nothing left to do)."""
     logs.configure(config)
+    if config.worker.nice:
+        # The receive path acknowledges senders; the worker can catch up. On the machine they
+        # share, the scheduler gives the gunicorn workers the cores first (docs/benchmarks.md).
+        os.nice(config.worker.nice)
     worker, dispatcher, jobs = build(config)
     gc.freeze()  # long-lived objects out of the collector's way (see serve's _freeze_heap)
     if args.once:
