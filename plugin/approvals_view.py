@@ -20,12 +20,12 @@ from flask import Blueprint, Response, jsonify
 from plugin.api_auth import api_error, require_api_auth
 from plugin.config import Config
 from plugin.directory import Directory
-from plugin.directory_store import DirectoryCache
+from plugin.directory_store import current_directory
 from plugin.identity import canonical_record_id
 from plugin.provenance.statement import iso
 from plugin.rules.approvals import state_key
 from plugin.rules.chain import ChainResult, decision_from_json, evaluate, submission_from_json
-from plugin.runtime import Runtime, runtime
+from plugin.runtime import runtime
 from plugin.storage import rule_state
 
 blueprint = Blueprint("approvals", __name__)
@@ -138,12 +138,4 @@ def approval(obj: str, record_id: str) -> Response:
         return api_error(
             404, "not_seen", f"OnRecord has seen no form, decision or status change of {obj}/{record_id}"
         )
-    return jsonify(describe(rt.config, _directory(rt), obj, record_id, value))
-
-
-def _directory(rt: Runtime) -> Directory:
-    cache = rt.extensions.get("directory")
-    if cache is None:
-        cache = rt.extensions.setdefault("directory", DirectoryCache(rt.engine, rt.config))
-    current: Directory = cache.current()
-    return current
+    return jsonify(describe(rt.config, current_directory(rt), obj, record_id, value))

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -30,6 +30,9 @@ from connectors.salesforce.ids import is_salesforce_id, to_18
 from plugin.config import Config, DirectoryPerson
 from plugin.directory import Directory, Person
 from plugin.storage import begin_write, directory, is_postgres
+
+if TYPE_CHECKING:
+    from plugin.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -218,3 +221,12 @@ __all__ = [
     "replace_people",
     "stored_people",
 ]
+
+
+def current_directory(rt: Runtime) -> Directory:
+    """The directory for an HTTP request: one cache per app, shared by its request handlers."""
+    cache = rt.extensions.get("directory")
+    if cache is None:
+        cache = rt.extensions.setdefault("directory", DirectoryCache(rt.engine, rt.config))
+    current: Directory = cache.current()
+    return current

@@ -7,11 +7,10 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from plugin.api_auth import api_error, require_api_auth
-from plugin.directory import Directory
-from plugin.directory_store import DirectoryCache
+from plugin.directory_store import current_directory
 from plugin.leaders.periods import PeriodError
 from plugin.leaders.store import leaders_snapshot
-from plugin.runtime import Runtime, runtime
+from plugin.runtime import runtime
 
 blueprint = Blueprint("leaders", __name__)
 
@@ -23,15 +22,7 @@ def leaders() -> Response:
     rt = runtime()
     period = request.args.get("period")
     try:
-        body = leaders_snapshot(rt.engine, rt.config, period or None, directory=_directory(rt))
+        body = leaders_snapshot(rt.engine, rt.config, period or None, directory=current_directory(rt))
     except PeriodError as exc:
         return api_error(400, "bad_period", str(exc))
     return jsonify(body)
-
-
-def _directory(rt: Runtime) -> Directory:
-    cache = rt.extensions.get("directory")
-    if cache is None:
-        cache = rt.extensions.setdefault("directory", DirectoryCache(rt.engine, rt.config))
-    current: Directory = cache.current()
-    return current
