@@ -20,7 +20,9 @@ CONFIG = Path("config/onrecord.toml")
 
 def run(args: argparse.Namespace, config: Config) -> int:
     """Prepare a machine to serve; safe to run again (nothing is overwritten)."""
-    Path(config.var_dir).mkdir(parents=True, exist_ok=True)
+    var_dir = Path(config.var_dir)
+    var_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(var_dir, 0o700)  # the database, keys and secrets live here: OnRecord's user only
     secrets_dir = Path(config.secrets_dir)
     secrets_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(secrets_dir, 0o700)

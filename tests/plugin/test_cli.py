@@ -43,6 +43,7 @@ def test_init_generates_dev_secrets_once_with_mode_0600(tmp_path: Path, sqlite_u
     assert secret.startswith("whsec_") and secret in first.stdout
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(secret_file.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700  # the database lives here too
     assert not (secret_file.parent / "salesforce.client_secret").exists()  # Salesforce's, not ours to invent
     again = cli(env, "init")
     assert again.returncode == 0 and secret not in again.stdout  # shown once, never again
