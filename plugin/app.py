@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from plugin import logs, migrate, routes
 from plugin.config import Config, load_config
@@ -29,6 +30,13 @@ def create_app(config: Config | None = None, overrides: Mapping[str, Any] | None
     )
     logs.init_app(app)
     routes.init_app(app)
+    hops = config.server.trusted_proxy_hops
+    if hops:
+        # Outermost, so /hooks (HookRouter) and Flask see the same client address, scheme, host
+        # and prefix; only the nearest `hops` proxies' X-Forwarded-* values are believed.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops
+        )
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

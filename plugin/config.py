@@ -57,6 +57,9 @@ class ServerConfig(_Section):
     store_timeout_seconds: float = Field(10.0, gt=0)  # give up storing, answer 503
     # A request's body must have arrived this long after its headers, or it gets 408.
     body_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # Reverse proxies in front of OnRecord whose X-Forwarded-For/Proto/Host/Prefix are trusted (the
+    # nearest N hops; werkzeug's ProxyFix). 0: the headers are ignored (a client could forge them).
+    trusted_proxy_hops: int = Field(0, ge=0, le=5)
 
 
 class StorageConfig(_Section):

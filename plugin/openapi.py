@@ -24,9 +24,13 @@ from plugin.runtime import runtime
 TITLE: Final = "OnRecord"
 VERSION: Final = "1.0.0"
 DESCRIPTION: Final = (
-    "If it is not on record, it does not exist: OnRecord receives Power Automate and CRM events, "
-    "verifies form-only approvals and leader buy-in, and writes provenance into the CRM."
+    "If it is not on record, it does not exist: OnRecord receives flow and CRM events, verifies "
+    "form-only approvals and leader buy-in, and writes provenance into the CRM."
 )
+# The connector's publisher details (Swagger 2.0 only): info.contact and x-ms-connector-metadata,
+# whose Website is the deployment's own URL. Categories are from Microsoft's list, ';'-separated.
+CONTACT_NAME: Final = "OnRecord"
+CONNECTOR_CATEGORIES: Final = "Sales and CRM;Business Management"
 TOPICS: Final = ("approval.blocked", "approval.verified", "leader.champion")
 
 Auth = Literal["api", "hook"]
@@ -88,7 +92,10 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         {
             "form_id": _s("The form's id."),
             "form_name": _s("The form's title."),
-            "response_id": {"description": "The response id: the Forms connector's integer, or a string."},
+            "response_id": {
+                "type": "integer",
+                "description": "The response id: the Forms connector's integer (a string is accepted too).",
+            },
             "responder": _s("The responder's e-mail or UPN (anonymous responses are refused)."),
             "submitted_at": _s(
                 "When it was submitted: ISO 8601 with a time zone (Z or +hh:mm), or the Forms connector's "
@@ -129,7 +136,11 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
                 "approve_responses say which texts mean yes.",
                 maxLength=200,
             ),
-            "comments": {"description": "The approver's comments (text), or null if none."},
+            "comments": {
+                "type": "string",
+                "description": "The approver's comments (text), or null if none.",
+                "x-nullable": True,
+            },
         },
         ["responder", "requestDate", "responseDate", "approverResponse"],
     ),
@@ -218,6 +229,11 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         },
         "additionalProperties": True,
     },
+    "Connection": _obj(
+        "The connection works: the token was accepted.",
+        {"ok": {"type": "boolean", "description": "Always true."}, "caller": _s("Who the token is.")},
+        ["ok", "caller"],
+    ),
     "Notification": _obj(
         "What OnRecord POSTs to a subscribed flow. The same id may arrive twice (at-least-once).",
         {
@@ -455,6 +471,7 @@ class Param:
     description: str
     required: bool = True
     extensions: Mapping[str, Any] = field(default_factory=dict)
+    summary: str = ""  # x-ms-summary, the label a flow author sees (default: from the name)
 
 
 @dataclass(frozen=True)
@@ -493,6 +510,7 @@ _KEY_PARAM = Param(
     "The shared key (ONRECORD_POWER_AUTOMATE__API_KEY), when not using an Entra ID token.",
     required=False,
     extensions={"x-ms-visibility": "advanced"},
+    summary="Shared Key",
 )
 
 
@@ -581,10 +599,30 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         "/api/subscriptions/{id}",
         "DeleteSubscription",
         "Delete a subscription",
-        "Unsubscribes; answers 204 also when the subscription is already gone.",
+        "Unsubscribes; answers 204 also when the subscription is already gone. Authorized by a "
+        "bearer token, or without one by the secret in the subscription's handle.",
         "api",
         (Reply("204", "Unsubscribed (or already gone)."), *_API_ERRORS),
-        params=(Param("id", "path", "The subscription id."),),
+        params=(
+            Param(
+                "id",
+                "path",
+                "The subscription's handle, the last segment of its Location: <id>.<secret>, or the "
+                "bare id (then only with a bearer token).",
+                summary="Subscription ID",
+            ),
+        ),
+        extensions={"x-ms-visibility": "internal"},
+    ),
+    Operation(
+        "get",
+        "/api/connection",
+        "TestConnection",
+        "Test the connection",
+        "Answers 200 when the token is accepted and does nothing else: the connector's "
+        "testConnection, so a wrong token shows when the connection is made.",
+        "api",
+        (Reply("200", "The token was accepted.", "Connection"), *_API_ERRORS),
         extensions={"x-ms-visibility": "internal"},
     ),
     Operation(
@@ -701,6 +739,58 @@ PATH_EXTENSIONS: Final[dict[str, dict[str, Any]]] = {
 
 # -- rendering ----------------------------------------------------------------------------------
 
+_WORDS: Final = {"id": "ID", "url": "URL", "upn": "UPN", "crm": "CRM"}
+# x-ms-summary of a definition: what a property referring to it is labelled (default: from the name).
+SCHEMA_SUMMARIES: Final = {"RecordRef": "Record", "ApprovalOutput": "Approval", "NotificationData": "Data"}
+
+
+def label(name: str) -> str:
+    """A Title Case label from a field name: record_id -> Record ID, approverResponse -> Approver Response."""
+    spaced = "".join(f" {c}" if c.isupper() else c for c in name).replace("_", " ").replace("-", " ")
+    return " ".join(_WORDS.get(w.lower(), w[:1].upper() + w[1:]) for w in spaced.split())
+
+
+def _summarized(schema: dict[str, Any], summary: str | None) -> dict[str, Any]:
+    """A copy with x-ms-summary on it (unless a $ref) and on every property and item below it."""
+    if "$ref" in schema:
+        return schema
+    out = dict(schema)
+    if summary is not None:
+        out.setdefault("x-ms-summary", schema.get("title") or summary)
+    if isinstance(schema.get("properties"), dict):
+        out["properties"] = {n: _summarized(p, label(n)) for n, p in schema["properties"].items()}
+    if isinstance(schema.get("items"), dict):
+        out["items"] = _summarized(schema["items"], None)
+    return out
+
+
+def _v2_param(p: Param) -> dict[str, Any]:
+    param: dict[str, Any] = {
+        "name": p.name,
+        "in": p.location,
+        "description": p.description,
+        "required": p.required,
+        "type": "string",
+        "x-ms-summary": p.summary or label(p.name),
+    }
+    if p.location == "path":
+        param["x-ms-url-encoding"] = "single"
+    return param | dict(p.extensions)
+
+
+def _connector_extensions(document: dict[str, Any], base_url: str) -> None:
+    """What Power Automate's validator and designer want beyond Swagger 2.0 (x-ms-*, contact)."""
+    document["info"]["contact"] = {"name": CONTACT_NAME, "url": base_url}
+    document["x-ms-connector-metadata"] = [
+        {"propertyName": "Website", "propertyValue": base_url},
+        {"propertyName": "Categories", "propertyValue": CONNECTOR_CATEGORIES},
+    ]
+    document["x-ms-capabilities"] = {"testConnection": {"operationId": "TestConnection", "parameters": {}}}
+    document["definitions"] = {
+        name: _summarized(schema, SCHEMA_SUMMARIES.get(name, label(name)))
+        for name, schema in document["definitions"].items()
+    }
+
 
 def _resolve(value: Any, prefix: str, *, keep_ms: bool) -> Any:
     """Copy, with `$ref` names made JSON pointers and (unless keep_ms) x-ms-* keys dropped."""
@@ -724,19 +814,17 @@ def swagger2(base_url: str) -> dict[str, Any]:
     parts = urlsplit(base_url)
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
-        params: list[dict[str, Any]] = [
-            {
-                "name": p.name,
-                "in": p.location,
-                "description": p.description,
-                "required": p.required,
-                "type": "string",
-            }
-            | dict(p.extensions)
-            for p in op.params
-        ]
+        params: list[dict[str, Any]] = [_v2_param(p) for p in op.params]
         if op.body:
-            params.append({"name": "body", "in": "body", "required": True, "schema": ref(op.body)})
+            params.append(
+                {
+                    "name": "body",
+                    "in": "body",
+                    "required": True,
+                    "schema": ref(op.body),
+                    "x-ms-summary": SCHEMA_SUMMARIES.get(op.body, label(op.body)),
+                }
+            )
         responses: dict[str, Any] = {}
         for reply in op.replies:
             response: dict[str, Any] = {"description": reply.description}
@@ -744,7 +832,8 @@ def swagger2(base_url: str) -> dict[str, Any]:
                 response["schema"] = ref(reply.schema)
             if reply.headers:
                 response["headers"] = {
-                    n: {"type": "string", "description": d} for n, d in reply.headers.items()
+                    n: {"type": "string", "description": d, "x-ms-summary": label(n)}
+                    for n, d in reply.headers.items()
                 }
             responses[reply.status] = response
         operation: dict[str, Any] = {
@@ -762,7 +851,7 @@ def swagger2(base_url: str) -> dict[str, Any]:
         "swagger": "2.0",
         "info": {"title": TITLE, "version": VERSION, "description": DESCRIPTION},
         "host": parts.netloc,
-        "basePath": "/",
+        "basePath": parts.path.rstrip("/") or "/",  # a gateway's prefix: "/onrecord"
         "schemes": [parts.scheme or "https"],
         "consumes": ["application/json"],
         "produces": ["application/json"],
@@ -778,6 +867,7 @@ def swagger2(base_url: str) -> dict[str, Any]:
         "paths": paths,
         "definitions": SCHEMAS,
     }
+    _connector_extensions(document, base_url)
     resolved: dict[str, Any] = _resolve(document, "#/definitions/", keep_ms=True)
     return resolved
 
@@ -856,7 +946,9 @@ blueprint = Blueprint("openapi", __name__)
 
 
 def _base_url() -> str:
-    return runtime().config.api.public_url or request.host_url.rstrip("/")
+    # api.public_url as configured (its path included), else the request's scheme, host and
+    # SCRIPT_NAME prefix, which are the proxy's when server.trusted_proxy_hops lets ProxyFix set them.
+    return runtime().config.api.public_url or request.root_url.rstrip("/")
 
 
 @blueprint.get("/openapi-v2.json")

@@ -318,6 +318,9 @@ subscriptions = sa.Table(
     sa.Column("events", sa.JSON, nullable=False),  # topics, e.g. ["approval.blocked"]
     sa.Column("created_by", sa.String(255), nullable=False),  # the authenticated API caller
     sa.Column("created_at", UtcDateTime(), nullable=False),
+    # sha256 (hex) of the subscription's secret, the last part of its Location: a DELETE carrying it
+    # unsubscribes without a bearer token. Null for subscriptions made before revision 0008.
+    sa.Column("secret_hash", sa.String(64), nullable=True),
 )
 
 # Which subscriber already got (or permanently refused) which notification, so a notification

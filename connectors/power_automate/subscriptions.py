@@ -9,12 +9,21 @@ which POSTs each to every subscriber of its topic through the SSRF guard of
 
 A callback URL carries the flow's signature (``sig=``): it is stored only encrypted (Fernet, key
 ``api.callback_key``; several keys during rotation, the first encrypts) and never logged.
+
+Power Automate has been seen to send the trigger's DELETE without the connection's API key
+(microsoft/PowerPlatformConnectors#3678). So the subscription's handle, the last segment of its
+Location and the ``id`` answered, is ``<id>.<secret>``: a random secret of that subscription, kept
+only as its sha256. A DELETE of the handle unsubscribes without a token when the secret matches
+(compared in constant time); any other DELETE needs a bearer token, as before.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import secrets
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -23,6 +32,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from flask import Blueprint, Response, g, jsonify, request
+from flask.typing import ResponseReturnValue
 from prometheus_client import Counter
 from sqlalchemy.engine import Engine
 
@@ -54,6 +64,17 @@ DELIVERIES = Counter(
 )
 
 blueprint = Blueprint("power_automate_subscriptions", __name__)
+
+
+def secret_hash(secret: str) -> str:
+    """How a subscription's secret is stored: its sha256, hex."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def split_handle(handle: str) -> tuple[str, str]:
+    """(subscription id, secret) of a Location's last segment; the secret is '' when absent."""
+    subscription_id, _, secret = handle.partition(".")
+    return subscription_id, secret
 
 
 def cipher(keys: Sequence[str]) -> MultiFernet:
@@ -89,6 +110,8 @@ def subscribe() -> Response:
     except CallbackRefused as exc:
         return api_error(400, exc.reason, exc.message)
     subscription_id = uuid.uuid4().hex
+    secret = secrets.token_urlsafe(32)  # no "." in it: the handle splits at the first one
+    handle = f"{subscription_id}.{secret}"
     topics = list(dict.fromkeys(events))
     now = datetime.now(UTC)
     with begin_write(runtime().engine) as conn:
@@ -99,22 +122,56 @@ def subscribe() -> Response:
                 events=topics,
                 created_by=str(g.api_caller)[:255],
                 created_at=now,
+                secret_hash=secret_hash(secret),
             )
         )
     log.info("subscription created", extra={"subscription": subscription_id, "topics": topics})
-    resp = jsonify(
-        {"id": subscription_id, "events": topics, "created_at": now.isoformat().replace("+00:00", "Z")}
-    )
+    resp = jsonify({"id": handle, "events": topics, "created_at": now.isoformat().replace("+00:00", "Z")})
     resp.status_code = 201
-    base = config.api.public_url or request.host_url.rstrip("/")
-    resp.headers["Location"] = f"{base}/api/subscriptions/{subscription_id}"
+    base = config.api.public_url or request.root_url.rstrip("/")  # root_url: with a proxy's prefix
+    resp.headers["Location"] = f"{base}/api/subscriptions/{handle}"
     return resp
 
 
-@blueprint.delete("/api/subscriptions/<subscription_id>")
+@blueprint.get("/api/connection")
 @require_api_auth
-def unsubscribe(subscription_id: str) -> Response:
-    """Remove a subscription; 204 whether or not it still existed (Power Automate may repeat it)."""
+def connection() -> Response:
+    """Does nothing but authenticate: the connector's testConnection, so a bad token shows at once."""
+    return jsonify({"ok": True, "caller": str(g.api_caller)})
+
+
+@blueprint.delete("/api/subscriptions/<handle>")
+def unsubscribe(handle: str) -> ResponseReturnValue:
+    """Remove a subscription; 204 whether or not it still existed (Power Automate may repeat it).
+
+    Without a bearer token only the handle's secret can authorize it (a subscription that is gone
+    has no secret left to match: such a repeat answers 401 unless it carries a token).
+    """
+    subscription_id, secret = split_handle(handle)
+    if secret and _secret_matches(subscription_id, secret):
+        g.api_caller = "subscription_secret"
+        return _remove_subscription(subscription_id)
+    return _unsubscribe_with_token(subscription_id)
+
+
+_NO_HASH: Final = "0" * 64  # compared against when there is no stored hash, to take the same time
+
+
+def _secret_matches(subscription_id: str, secret: str) -> bool:
+    with runtime().engine.connect() as conn:
+        stored = conn.execute(
+            sa.select(subscriptions.c.secret_hash).where(subscriptions.c.id == subscription_id)
+        ).scalar()
+    expected = stored if isinstance(stored, str) and stored else _NO_HASH
+    return hmac.compare_digest(secret_hash(secret), expected) and expected != _NO_HASH
+
+
+@require_api_auth
+def _unsubscribe_with_token(subscription_id: str) -> ResponseReturnValue:
+    return _remove_subscription(subscription_id)
+
+
+def _remove_subscription(subscription_id: str) -> Response:
     with begin_write(runtime().engine) as conn:
         conn.execute(
             subscription_deliveries.delete().where(
@@ -123,7 +180,7 @@ def unsubscribe(subscription_id: str) -> Response:
         )
         gone = conn.execute(subscriptions.delete().where(subscriptions.c.id == subscription_id)).rowcount
     if gone:
-        log.info("subscription removed", extra={"subscription": subscription_id})
+        log.info("subscription removed", extra={"subscription": subscription_id, "by": str(g.api_caller)})
     return Response(status=204)
 
 

@@ -217,6 +217,9 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
             "proc_name": "onrecord",
             # One shared control socket per user would clash between instances; nothing uses it.
             "control_socket_disable": True,
+            # Forwarded headers are OnRecord's to judge (server.trusted_proxy_hops, ProxyFix):
+            # gunicorn would otherwise trust X-Forwarded-Proto from any local address.
+            "forwarded_allow_ips": "",
         }
         for key, value in settings.items():
             self.cfg.set(key, value)

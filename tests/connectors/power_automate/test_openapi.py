@@ -4,6 +4,7 @@ Services): valid per a real validator, from one source, and true to what OnRecor
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +21,12 @@ from plugin.app import create_app
 from tests.conftest import make_config
 
 FIXTURES = Path(__file__).resolve().parents[3] / "connectors" / "power_automate" / "fixtures"
+# Microsoft's published JSON Schema of a connector's apiDefinition.swagger.json, as its validator
+# uses it: github.com/microsoft/PowerPlatformConnectors, schemas/apiDefinition.swagger.schema.json
+# at commit 8bff86eac6d04e939faee0de15298e911b118c21 (kept byte for byte, "// TODO" lines included).
+API_DEFINITION_SCHEMA = Path(__file__).with_name("apiDefinition.swagger.schema.json")
+# The operations a Salesforce Flow uses (connectors/salesforce/README.md names them).
+FLOW_OPERATIONS = {"GetApproval", "GetProvenance", "VerifyFigure", "CiteFigure", "ListLeaders"}
 OPERATIONS = {
     ("post", "/hooks/power-automate/forms"),
     ("post", "/hooks/power-automate/approvals"),
@@ -32,6 +39,7 @@ OPERATIONS = {
     ("post", "/api/verify"),
     ("post", "/api/citations"),
     ("get", "/api/leaders"),
+    ("get", "/api/connection"),
 }
 
 
@@ -107,9 +115,21 @@ def test_validator_rejects_a_broken_document(client: FlaskClient) -> None:
         validate(document, cls=OpenAPIV2SpecValidator)
 
 
+def nullable(value: Any) -> Any:
+    """Swagger 2.0's x-nullable as JSON Schema: a type that also allows null."""
+    if isinstance(value, dict):
+        out = {k: nullable(v) for k, v in value.items()}
+        if out.get("x-nullable") is True and isinstance(out.get("type"), str):
+            out["type"] = [out["type"], "null"]
+        return out
+    if isinstance(value, list):
+        return [nullable(v) for v in value]
+    return value
+
+
 def schema_validator(document: dict[str, Any], name: str) -> jsonschema.Draft4Validator:
     return jsonschema.Draft4Validator(
-        {"definitions": document["definitions"], "$ref": f"#/definitions/{name}"}
+        {"definitions": nullable(document["definitions"]), "$ref": f"#/definitions/{name}"}
     )
 
 
@@ -140,3 +160,100 @@ def test_documented_notification_is_what_onrecord_posts(client: FlaskClient) -> 
         payload={"leader": "jane.doe@contoso.com", "period": "2026-11", "score": 0.92},
     )
     schema_validator(document, "Notification").validate(json.loads(json.dumps(notification_body(row))))
+
+
+def api_definition_schema() -> dict[str, Any]:
+    # The published file has three "// TODO" comment lines, which JSON does not allow.
+    text = re.sub(r"(?m)^\s*//.*$", "", API_DEFINITION_SCHEMA.read_text(encoding="utf-8"))
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def schemas_in(document: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, schema) for every schema of the document that is not a bare $ref."""
+    found: list[tuple[str, dict[str, Any]]] = []
+
+    def walk(where: str, schema: Any) -> None:
+        if not isinstance(schema, dict) or "$ref" in schema:
+            return
+        found.append((where, schema))
+        for name, prop in schema.get("properties", {}).items():
+            walk(f"{where}.{name}", prop)
+        walk(f"{where}[]", schema.get("items"))
+        if isinstance(schema.get("additionalProperties"), dict):
+            walk(f"{where}{{}}", schema["additionalProperties"])
+
+    for name, schema in document["definitions"].items():
+        walk(name, schema)
+    for (method, path), op in operations(document).items():
+        for param in op["parameters"]:
+            walk(f"{method} {path} {param['name']}", param.get("schema"))
+    return found
+
+
+def test_swagger2_is_valid_per_the_connectors_published_api_definition_schema(client: FlaskClient) -> None:
+    document, _ = fetch(client, "/openapi-v2.json")
+    validator = jsonschema.Draft4Validator(api_definition_schema())
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(document)]
+    assert errors == []
+    broken = json.loads(json.dumps(document))
+    broken["x-ms-capabilities"]["testConnection"] = {"parameters": {}}  # no operationId
+    assert not validator.is_valid(broken)
+
+
+def test_swagger2_is_what_the_designer_needs(client: FlaskClient) -> None:
+    document, _ = fetch(client, "/openapi-v2.json")
+    ops = operations(document)
+    for (method, path), op in ops.items():
+        for param in op["parameters"]:
+            assert param.get("x-ms-summary"), (method, path, param["name"])
+            if param["in"] == "path":
+                assert param["x-ms-url-encoding"] == "single", (method, path, param["name"])
+        for status, response in op["responses"].items():
+            for name, header in response.get("headers", {}).items():
+                assert header.get("x-ms-summary"), (method, path, status, name)
+    for where, schema in schemas_in(document):
+        assert schema.get("type"), where
+        assert schema.get("x-ms-summary") or "[]" in where.rsplit(".", 1)[-1], where
+    test = document["x-ms-capabilities"]["testConnection"]["operationId"]
+    ((method, path),) = [k for k, op in ops.items() if op["operationId"] == test]
+    assert (method, path) == ("get", "/api/connection") and "security" not in ops[(method, path)]
+    assert ops[(method, path)]["x-ms-visibility"] == "internal"
+    metadata = {m["propertyName"]: m["propertyValue"] for m in document["x-ms-connector-metadata"]}
+    assert metadata["Website"] == "https://onrecord.contoso.com" and metadata["Categories"]
+    assert document["info"]["contact"]["name"] and document["info"]["contact"]["url"]
+    for product in ("Power Automate", "Salesforce", "Microsoft", "Dynamics", "Forms"):
+        assert product not in document["info"]["description"]
+
+
+def test_test_connection_needs_the_token_and_does_nothing(client: FlaskClient) -> None:
+    assert client.get("/api/connection").status_code in {401, 503}
+
+
+def test_operations_for_salesforce_flow_have_no_free_form_maps(client: FlaskClient) -> None:
+    document, _ = fetch(client, "/openapi.json")
+    schemas = document["components"]["schemas"]
+    flow = {op["operationId"]: op for op in operations(document).values()}
+    assert set(flow) >= FLOW_OPERATIONS
+    seen: set[str] = set()
+
+    def reachable(value: Any) -> None:
+        if isinstance(value, dict):
+            target = value.get("$ref")
+            if isinstance(target, str):
+                name = target.rsplit("/", 1)[1]
+                if name not in seen:
+                    seen.add(name)
+                    reachable(schemas[name])
+            for item in value.values():
+                reachable(item)
+        elif isinstance(value, list):
+            for item in value:
+                reachable(item)
+
+    for name in FLOW_OPERATIONS:
+        reachable(flow[name])
+    for name in seen:
+        for where, schema in schemas_in({"definitions": {name: schemas[name]}, "paths": {}}):
+            assert "additionalProperties" not in schema, where
+            assert schema.get("type"), where

@@ -7,6 +7,7 @@ except where a test shows what happens without it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -148,6 +149,60 @@ def test_subscribe_answers_201_with_location_and_delete_is_idempotent(
     assert client.delete(path, headers=AUTH).status_code == 204
     assert subscription_rows(config) == []
     assert client.delete(path, headers=AUTH).status_code == 204  # Power Automate may repeat it
+
+
+def test_delete_without_a_token_works_only_with_that_subscriptions_secret(
+    client: FlaskClient, config: Config, receiver: CallbackReceiver
+) -> None:
+    # microsoft/PowerPlatformConnectors#3678: the trigger's DELETE may arrive without the API key.
+    first, second = subscribe(client, receiver.url()).json["id"], subscribe(client, receiver.url()).json["id"]
+    first_id, first_secret = first.split(".", 1)
+    second_id, second_secret = second.split(".", 1)
+    stored = {row.id: row.secret_hash for row in subscription_rows(config)}
+    assert stored[first_id] == hashlib.sha256(first_secret.encode()).hexdigest()
+    assert first_secret not in str(stored) and len(first_secret) >= 40
+    for path in (
+        f"/api/subscriptions/{first_id}",  # the bare id
+        f"/api/subscriptions/{first_id}.{second_secret}",  # another subscription's secret
+        f"/api/subscriptions/{first_id}.{first_secret}x",
+        f"/api/subscriptions/{first_id}.",
+        f"/api/subscriptions/nope.{first_secret}",
+    ):
+        resp = client.delete(path)
+        assert resp.status_code == 401 and resp.json["reason"] == "missing_token", path
+    assert len(subscription_rows(config)) == 2
+    assert client.delete(f"/api/subscriptions/{first}").status_code == 204
+    assert [row.id for row in subscription_rows(config)] == [second_id]
+    # Gone: its secret matches nothing any more, so a repeat needs the token (then 204 as always).
+    assert client.delete(f"/api/subscriptions/{first}").status_code == 401
+    assert client.delete(f"/api/subscriptions/{first}", headers=AUTH).status_code == 204
+
+
+def test_delete_with_a_valid_token_works_as_before(
+    client: FlaskClient, config: Config, receiver: CallbackReceiver
+) -> None:
+    handle = subscribe(client, receiver.url()).json["id"]
+    subscription_id = handle.split(".", 1)[0]
+    assert client.delete(f"/api/subscriptions/{subscription_id}.wrong", headers=AUTH).status_code == 204
+    assert subscription_rows(config) == []
+
+
+def test_a_subscription_without_a_stored_secret_needs_the_token(
+    client: FlaskClient, config: Config, receiver: CallbackReceiver
+) -> None:
+    handle = subscribe(client, receiver.url()).json["id"]
+    subscription_id, _secret = handle.split(".", 1)
+    with begin_write(get_engine(config.storage.url)) as conn:  # as made before revision 0008
+        conn.execute(subscriptions.update().values(secret_hash=None))
+    assert client.delete(f"/api/subscriptions/{handle}").status_code == 401
+    assert client.delete(f"/api/subscriptions/{subscription_id}", headers=AUTH).status_code == 204
+
+
+def test_connection_test_answers_who_the_token_is(client: FlaskClient) -> None:
+    resp = client.get("/api/connection", headers=AUTH)
+    assert resp.status_code == 200 and resp.json == {"ok": True, "caller": "api_token:0"}
+    refused = client.get("/api/connection", headers={"Authorization": f"Bearer {API_TOKEN}x"})
+    assert refused.status_code == 401 and refused.json["reason"] == "invalid_token"
 
 
 def test_location_uses_the_public_url_when_configured(
