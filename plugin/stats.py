@@ -13,38 +13,37 @@ from plugin.storage import inbox, outbox
 
 @dataclass(frozen=True)
 class PipelineStats:
-    """A snapshot of inbox and outbox."""
+    """A snapshot of inbox and outbox. The totals of done and sent rows grow with history, so
+    they are counted only when asked for (the `outbox` command), never on a /metrics scrape."""
 
     inbox_pending: int
     inbox_parked: int
-    inbox_done: int
     inbox_lag_seconds: float
     outbox_pending: int
-    outbox_sent: int
     outbox_dead: int
+    inbox_done: int | None = None
+    outbox_sent: int | None = None
 
 
-def pipeline_stats(engine: Engine) -> PipelineStats:
-    """Read the counts in one short read transaction."""
+def pipeline_stats(engine: Engine, *, totals: bool = False) -> PipelineStats:
+    """Read the counts in one short read transaction; each is a range of a status index, so the
+    cost follows what is pending, parked or dead, not how much was ever processed."""
     with engine.connect() as conn:
-        by_status = dict(
-            conn.execute(sa.select(inbox.c.status, sa.func.count()).group_by(inbox.c.status)).tuples().all()
-        )
+
+        def count(table: sa.Table, status: str) -> int:
+            stmt = sa.select(sa.func.count()).select_from(table).where(table.c.status == status)
+            return int(conn.execute(stmt).scalar() or 0)
+
         oldest = conn.execute(
             sa.select(sa.func.min(inbox.c.received_at)).where(inbox.c.status == "pending")
         ).scalar()
-        out = dict(
-            conn.execute(sa.select(outbox.c.status, sa.func.count()).group_by(outbox.c.status)).tuples().all()
+        stats = PipelineStats(
+            inbox_pending=count(inbox, "pending"),
+            inbox_parked=count(inbox, "parked"),
+            inbox_lag_seconds=max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest else 0.0,
+            outbox_pending=count(outbox, "pending"),
+            outbox_dead=count(outbox, "dead"),
+            inbox_done=count(inbox, "done") if totals else None,
+            outbox_sent=count(outbox, "sent") if totals else None,
         )
-    lag = 0.0
-    if oldest is not None:
-        lag = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
-    return PipelineStats(
-        inbox_pending=by_status.get("pending", 0),
-        inbox_parked=by_status.get("parked", 0),
-        inbox_done=by_status.get("done", 0),
-        inbox_lag_seconds=lag,
-        outbox_pending=out.get("pending", 0),
-        outbox_sent=out.get("sent", 0),
-        outbox_dead=out.get("dead", 0),
-    )
+    return stats

@@ -36,7 +36,7 @@ def _rows(conn: sa.Connection, status: str, limit: int) -> list[dict[str, Any]]:
 def run_outbox(args: argparse.Namespace, config: Config) -> int:
     """Counts, then the oldest pending, newest sent and oldest dead rows."""
     engine = get_engine(config.storage.url)
-    stats = pipeline_stats(engine)
+    stats = pipeline_stats(engine, totals=True)
     with engine.connect() as conn:
         listing = {s: _rows(conn, s, args.limit) for s in ("pending", "sent", "dead")}
     counts = {"pending": stats.outbox_pending, "sent": stats.outbox_sent, "dead": stats.outbox_dead}
