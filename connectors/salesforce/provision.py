@@ -4,6 +4,11 @@
     objects/<Governed>.object                    the OnRecord_* fields (+ the approval rule)
     objects/OnRecord_Leader_Signal__c.object     per leader and period: counts, score, champion
     objects/OnRecord_Violation__c.object         approvals given off-system, and what was done
+    objects/OnRecord_Config_Status__c.object     what OnRecord made of each custom metadata record
+    objects/OnRecord_Governed__mdt.object        custom metadata types: admins configure OnRecord
+    objects/OnRecord_Approval_Stage__mdt.object    in Setup (governed objects, their approval
+    objects/OnRecord_Leader__mdt.object            stages, leaders, the score's settings); OnRecord
+    objects/OnRecord_Setting__mdt.object           does not read them yet
     permissionsets/OnRecord_Integration.permissionset   edit access for the integration user
     permissionsets/OnRecord_Viewer.permissionset        read access for everyone else
     reportTypes/OnRecord_Leader_Signals.reportType      a custom report type over the leader signals
@@ -15,8 +20,9 @@
 Element names and their order follow the Metadata API schema (CustomObject, CustomField,
 ValidationRule, PermissionSet, ReportType, Report, Dashboard, ReportFolder, DashboardFolder,
 Package in http://soap.sforce.com/2006/04/metadata); a governed standard or custom object is
-extended field by field (package.xml lists CustomField and ValidationRule members), the two new
-objects are whole CustomObjects. Reports and dashboards live in folders: package.xml lists the
+extended field by field (package.xml lists CustomField and ValidationRule members), the new
+objects are whole CustomObjects, and so are the custom metadata types (CustomObjects named __mdt,
+visibility Public, no name field or sharing). Reports and dashboards live in folders: package.xml lists the
 folder and the folder/name under Report and Dashboard. The zip has package.xml at its root, as
 simple-salesforce's deploy (singlePackage) sends it.
 """
@@ -35,7 +41,7 @@ from lxml import etree
 
 from connectors.salesforce.auth import jwt_audience
 from connectors.salesforce.ids import is_salesforce_id, to_18
-from plugin.config import Config, GovernedObject, ProvenanceConfig
+from plugin.config import SIGNAL_KINDS, Config, GovernedObject, ProvenanceConfig
 
 NS = "http://soap.sforce.com/2006/04/metadata"
 LEADER_SIGNAL = "OnRecord_Leader_Signal__c"
@@ -47,6 +53,15 @@ ANALYTICS_FOLDER = "OnRecord"  # the report folder and the dashboard folder
 BUY_IN = "OnRecord_Leader_Buy_In"  # the report and the dashboard, each in its folder
 INTEGRATION_PERMISSION_SET = "OnRecord_Integration"
 VIEWER_PERMISSION_SET = "OnRecord_Viewer"
+# Custom metadata types: admins configure OnRecord in Setup (not read by OnRecord yet).
+GOVERNED_MDT = "OnRecord_Governed__mdt"
+APPROVAL_STAGE_MDT = "OnRecord_Approval_Stage__mdt"
+LEADER_MDT = "OnRecord_Leader__mdt"
+SETTING_MDT = "OnRecord_Setting__mdt"
+METADATA_TYPES = (GOVERNED_MDT, APPROVAL_STAGE_MDT, LEADER_MDT, SETTING_MDT)
+CONFIG_STATUS = "OnRecord_Config_Status__c"  # data: what OnRecord made of each metadata record
+CONFIG_STATES = ("OK", "Problem")
+PERIODS = ("week", "day")
 CHANNELS = ("Form", "Flow", "UI", "API", "Import", "Unknown")
 APPROVAL_STATES = ("Verified", "Pending", "Blocked")
 LONG_TEXT = 32768
@@ -60,6 +75,7 @@ _FIELD_ORDER = (
     "description",
     "displayFormat",
     "externalId",
+    "fieldManageability",
     "inlineHelpText",
     "label",
     "length",
@@ -305,6 +321,266 @@ def violation_fields() -> list[FieldDef]:
     ]
 
 
+# --- configuring OnRecord in Setup: custom metadata types and the config status object ---------
+
+
+def _help(field_def: FieldDef, help_text: str) -> FieldDef:
+    """The field with help text an admin sees next to it in Setup (inlineHelpText)."""
+    return FieldDef(field_def.name, {**field_def.props, "inlineHelpText": help_text}, field_def.picklist)
+
+
+def _setup(field_def: FieldDef, help_text: str) -> FieldDef:
+    """A custom metadata type field whose values admins edit in Setup (SubscriberControlled)."""
+    with_help = _help(field_def, help_text)
+    return FieldDef(
+        with_help.name, {**with_help.props, "fieldManageability": "SubscriberControlled"}, with_help.picklist
+    )
+
+
+def _checkbox(name: str, label: str, description: str, default: bool) -> FieldDef:
+    props = {"defaultValue": default, "description": description, "label": label}
+    return FieldDef(name, {**props, "type": "Checkbox"})
+
+
+def _picklist(name: str, label: str, description: str, values: Sequence[str]) -> FieldDef:
+    return FieldDef(name, {"description": description, "label": label, "type": "Picklist"}, values)
+
+
+def governed_type_fields() -> list[FieldDef]:
+    """OnRecord_Governed__mdt: one record per object OnRecord governs (a [[governed]] entry)."""
+    return [
+        _setup(
+            _text_field("Object__c", "Object", 80, "API name of the governed object."),
+            "API name of the object OnRecord governs, e.g. Opportunity or Budget_Request__c.",
+        ),
+        _setup(
+            _long_text("Tracked_Fields__c", "Tracked Fields", "API names of the fields OnRecord records."),
+            "API names of the fields whose changes OnRecord records and signs, one per line.",
+        ),
+        _setup(
+            _text_field("Approval_Field__c", "Approval Field", 80, "API name of the approval status field."),
+            "API name of the status field that says a record is approved (leave empty if the "
+            "object needs no approval).",
+        ),
+        _setup(
+            _long_text(
+                "Approved_Values__c", "Approved Values", "Values of the approval field meaning approved."
+            ),
+            "The values of the approval field that mean approved, one per line (empty for a checkbox).",
+        ),
+        _setup(
+            _text_field("Form_Id__c", "Form Id", 200, "The official form approvals must come through."),
+            "The id of the official form people submit to ask for approval.",
+        ),
+        _setup(
+            _text_field(
+                "Revert_To__c", "Revert To", 255, "The status an off-system approval is put back to."
+            ),
+            "The status OnRecord puts back when someone approves outside the form, e.g. Submitted.",
+        ),
+        _setup(
+            _checkbox("Set_Status__c", "Set Status", "OnRecord sets the approved status itself.", True),
+            "Checked: OnRecord sets the approved status once every stage has approved. Unchecked: "
+            "your approval flow sets it.",
+        ),
+        _setup(
+            _long_text("Status_Writers__c", "Status Writers", "Users also allowed to set the status."),
+            "Users (user ids or usernames, one per line) also allowed to set the approved status, "
+            "e.g. your approval flow's user.",
+        ),
+        _setup(
+            _number(
+                "Grace_Seconds__c", "Grace Seconds", "How long to wait for late flow events.", precision=6
+            ),
+            "How many seconds OnRecord waits for late approval events before judging a change (default 600).",
+        ),
+        _setup(
+            _number(
+                "Max_Chain_Age_Days__c",
+                "Max Chain Age (Days)",
+                "The oldest approval chain OnRecord accepts.",
+                4,
+            ),
+            "How many days an approval stays valid: older approvals no longer count (default 30).",
+        ),
+        _setup(
+            _checkbox("Active__c", "Active", "OnRecord governs this object.", True),
+            "Unchecked: OnRecord ignores this record, as if it did not exist.",
+        ),
+    ]
+
+
+def approval_stage_type_fields() -> list[FieldDef]:
+    """OnRecord_Approval_Stage__mdt: one record per approval stage of a governed object."""
+    governed = FieldDef(
+        "Governed__c",
+        {
+            "description": "The governed object this stage belongs to.",
+            "label": "Governed Object",
+            "referenceTo": GOVERNED_MDT,
+            "relationshipLabel": "Approval Stages",
+            "relationshipName": "Approval_Stages",
+            "required": True,
+            "type": "MetadataRelationship",
+        },
+    )
+    return [
+        _setup(governed, "The OnRecord Governed record (the object) whose approvals this stage is part of."),
+        _setup(
+            _number("Order__c", "Order", "The stage's place in the chain.", precision=3),
+            "Where this stage comes in the chain: 1 first, then 2, and so on.",
+        ),
+        _setup(
+            _text_field("Stage_Name__c", "Stage Name", 80, "The stage's name."),
+            "The stage's name as people see it in messages, e.g. finance.",
+        ),
+        _setup(
+            _long_text("Approvers__c", "Approvers", "Who may approve at this stage."),
+            "Who may approve at this stage: e-mail addresses or approver group names, one per line.",
+        ),
+    ]
+
+
+def leader_type_fields() -> list[FieldDef]:
+    """OnRecord_Leader__mdt: a leader whose system use OnRecord counts, or a role of leaders."""
+    return [
+        _setup(
+            _text_field(
+                "Email_Or_Username__c", "E-mail or Username", 255, "The leader's e-mail or username."
+            ),
+            "The leader's e-mail address or Salesforce username (leave empty when naming a role).",
+        ),
+        _setup(
+            _text_field("Display_Name__c", "Display Name", 255, "The leader's name as reports show it."),
+            "The leader's name as OnRecord's reports and dashboards show it.",
+        ),
+        _setup(
+            _text_field("Role_Name__c", "Role Name", 255, "A role whose members all count as leaders."),
+            "A Salesforce role name: everyone in that role counts as a leader (instead of one person).",
+        ),
+    ]
+
+
+def setting_type_fields() -> list[FieldDef]:
+    """OnRecord_Setting__mdt: the buy-in score's weights, the champion threshold and the period."""
+    weights = [
+        _setup(
+            _number(
+                f"{kind.title()}_Weight__c",
+                f"{kind.replace('_', ' ').title()} Weight",
+                f"What one {kind.replace('_', ' ')} is worth in the buy-in score.",
+                precision=6,
+                scale=2,
+            ),
+            f"Points one {kind.replace('_', ' ')} adds to a leader's buy-in score"
+            + (" (zero or less: it is a penalty)." if kind == "off_system_approval" else "."),
+        )
+        for kind in SIGNAL_KINDS
+    ]
+    return [
+        *weights,
+        _setup(
+            _text_field("Weights_Version__c", "Weights Version", 40, "Names the weights a score used."),
+            "Change this whenever you change a weight, e.g. 2026.2: each score names the weights it used.",
+        ),
+        _setup(
+            _number("Champion_Threshold__c", "Champion Threshold", "The score a champion beats.", 6, 1),
+            "A leader scoring over this (with no off-system approval lately) is a champion candidate.",
+        ),
+        _setup(
+            _picklist("Period__c", "Period", "How leader signals are grouped.", PERIODS),
+            "How OnRecord groups leader signals into periods: by ISO week or by day.",
+        ),
+    ]
+
+
+def config_status_fields() -> list[FieldDef]:
+    """OnRecord_Config_Status__c: per custom metadata record, what OnRecord made of it."""
+    return [
+        _help(
+            _text_field("OnRecord_Metadata_Type__c", "Metadata Type", 80, "The custom metadata type."),
+            "The custom metadata type of the record, e.g. OnRecord_Governed__mdt.",
+        ),
+        _help(
+            _text_field("OnRecord_Developer_Name__c", "Record Name", 80, "The record's developer name."),
+            "The developer name (API name) of the custom metadata record.",
+        ),
+        _help(
+            _picklist("OnRecord_Status__c", "Status", "OK, or Problem.", CONFIG_STATES),
+            "OK: OnRecord uses the record as it is. Problem: OnRecord could not use it; see Problem.",
+        ),
+        _help(
+            _long_text("OnRecord_Problem__c", "Problem", "What is wrong with the record."),
+            "What is wrong with the record and how to fix it (empty when the status is OK).",
+        ),
+        _help(
+            FieldDef(
+                "OnRecord_Applied_At__c",
+                {
+                    "description": "When OnRecord last read the record.",
+                    "label": "Applied At",
+                    "type": "DateTime",
+                },
+            ),
+            "When OnRecord last read the record and applied it (or found the problem).",
+        ),
+        _help(
+            _text_field(
+                "OnRecord_Config_Version__c", "Config Version", 80, "The configuration version applied."
+            ),
+            "The version of the whole configuration this status belongs to.",
+        ),
+        _help(
+            _key_field("Metadata type and developer name: OnRecord upserts by it."),
+            "Set by OnRecord: the metadata type and the record's name, so each record has one status.",
+        ),
+    ]
+
+
+def _metadata_type(label: str, plural: str, description: str, fields: list[FieldDef]) -> bytes:
+    """A custom metadata type (a CustomObject named ...__mdt): no sharing, no name field."""
+    obj = _el("CustomObject", None, _el("description", description))
+    obj.extend(f.element() for f in sorted(fields, key=lambda f: f.name))
+    obj.append(_el("label", label))
+    obj.append(_el("pluralLabel", plural))
+    obj.append(_el("visibility", "Public"))
+    return _document(obj)
+
+
+def metadata_types() -> list[tuple[str, str, str, str, list[FieldDef]]]:
+    """(name, label, plural label, description, fields) of each custom metadata type."""
+    return [
+        (
+            GOVERNED_MDT,
+            "OnRecord Governed Object",
+            "OnRecord Governed Objects",
+            "An object OnRecord governs: which fields it records and how approvals must go.",
+            governed_type_fields(),
+        ),
+        (
+            APPROVAL_STAGE_MDT,
+            "OnRecord Approval Stage",
+            "OnRecord Approval Stages",
+            "One stage of a governed object's approval chain, and who approves at it.",
+            approval_stage_type_fields(),
+        ),
+        (
+            LEADER_MDT,
+            "OnRecord Leader",
+            "OnRecord Leaders",
+            "A leader (or a role of leaders) whose use of the system OnRecord counts.",
+            leader_type_fields(),
+        ),
+        (
+            SETTING_MDT,
+            "OnRecord Setting",
+            "OnRecord Settings",
+            "The buy-in score's weights, the champion threshold and the period.",
+            setting_type_fields(),
+        ),
+    ]
+
+
 def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -404,8 +680,18 @@ def approval_rule(governed: GovernedObject, integration_user_id: str) -> etree._
     )
 
 
-def _permission_set(label: str, description: str, fields: list[str], objects: list[str], edit: bool) -> bytes:
-    ps = _el("PermissionSet", None, _el("description", description))
+def _permission_set(
+    label: str,
+    description: str,
+    fields: list[str],
+    objects: list[str],
+    edit: bool,
+    metadata_types: Sequence[str] = (),
+) -> bytes:
+    ps = _el("PermissionSet")
+    for name in sorted(metadata_types):  # read access to the custom metadata types' records
+        ps.append(_el("customMetadataTypeAccesses", None, _el("enabled", "true"), _el("name", name)))
+    ps.append(_el("description", description))
     for name in sorted(fields):
         ps.append(
             _el(
@@ -620,7 +906,7 @@ def build_package(config: Config) -> dict[str, bytes]:
     }
     all_fields: list[str] = []
     for governed in config.governed:
-        if governed.object in (LEADER_SIGNAL, VIOLATION):
+        if governed.object in (LEADER_SIGNAL, VIOLATION, CONFIG_STATUS):
             raise PackageError(f"governed: {governed.object} is OnRecord's own object, not one it governs")
         obj = _el("CustomObject")
         fields = governed_fields(config.provenance)
@@ -649,19 +935,32 @@ def build_package(config: Config) -> dict[str, bytes]:
             "V-{000000}",
             violation_fields(),
         ),
+        (
+            CONFIG_STATUS,
+            "OnRecord Config Status",
+            "OnRecord Config Statuses",
+            "What OnRecord made of each of its custom metadata records: OK, or the problem.",
+            "CS-{000000}",
+            config_status_fields(),
+        ),
     ):
         files[f"objects/{name}.object"] = _custom_object(label, plural, description, name_format, fields)
         members["CustomObject"].append(name)
         names = [f"{name}.{f.name}" for f in fields]
         members["CustomField"] += names
         all_fields += names
-    own_objects = [LEADER_SIGNAL, VIOLATION]
+    for name, label, plural, description, fields in metadata_types():
+        files[f"objects/{name}.object"] = _metadata_type(label, plural, description, fields)
+        members["CustomObject"].append(name)
+        members["CustomField"] += [f"{name}.{f.name}" for f in fields]  # no field permissions
+    own_objects = [LEADER_SIGNAL, VIOLATION, CONFIG_STATUS]
     files[f"permissionsets/{INTEGRATION_PERMISSION_SET}.permissionset"] = _permission_set(
         "OnRecord Integration",
         "For OnRecord's integration user: writes the OnRecord fields and objects.",
         all_fields,
         own_objects,
         edit=True,
+        metadata_types=METADATA_TYPES,
     )
     files[f"permissionsets/{VIEWER_PERMISSION_SET}.permissionset"] = _permission_set(
         "OnRecord Viewer",
@@ -782,7 +1081,9 @@ __all__ = [
     "ANALYTICS_FOLDER",
     "APPROVAL_RULE",
     "BUY_IN",
+    "CONFIG_STATUS",
     "LEADER_SIGNAL",
+    "METADATA_TYPES",
     "NS",
     "REPORT_TYPE",
     "VIOLATION",
@@ -790,10 +1091,16 @@ __all__ = [
     "PackageError",
     "approval_formula",
     "approval_message",
+    "approval_stage_type_fields",
     "build_package",
+    "config_status_fields",
     "deploy_package",
     "governed_fields",
+    "governed_type_fields",
     "is_sandbox",
+    "leader_type_fields",
+    "metadata_types",
     "package_zip",
+    "setting_type_fields",
     "write_package",
 ]

@@ -11,7 +11,10 @@ deploy fails in practice: package.xml at the zip's root (singlePackage), each me
 its file, every file well-formed Metadata API XML, each validation rule's formula within the
 subset formula.py evaluates and its errorMessage within 255 characters, each report and dashboard
 in a folder the package carries (reports/<Folder>-meta.xml, a ReportFolder / DashboardFolder),
-and each dashboard component's report one the package carries. A successful deploy (not
+each dashboard component's report one the package carries, and each custom metadata type's
+(...__mdt) field of a type custom metadata supports, a MetadataRelationship pointing at a custom
+metadata type the package or the org has (and only custom metadata types having such fields).
+A successful deploy (not
 checkOnly) defines the deployed objects, fields and validation rules in the emulated org, so later
 REST calls know them and the active rules refuse writes (see rest.py).
 """
@@ -46,6 +49,24 @@ _FILES = {
     "PermissionSet": ("permissionsets", ".permissionset"),
     "ReportType": ("reportTypes", ".reportType"),
 }
+# The field types a custom metadata type (...__mdt) supports.
+MDT_FIELD_TYPES = frozenset(
+    {
+        "MetadataRelationship",
+        "Checkbox",
+        "Date",
+        "DateTime",
+        "Email",
+        "Number",
+        "Percent",
+        "Phone",
+        "Picklist",
+        "Text",
+        "TextArea",
+        "LongTextArea",
+        "Url",
+    }
+)
 # Types whose components live in folders: (directory, suffix, the folder's type).
 _IN_FOLDERS = {
     "Report": ("reports", ".report", "ReportFolder"),
@@ -274,7 +295,7 @@ class Metadata:
                 return Component(type_name, file_name, member, missing)
             if type_name == "ValidationRule":
                 return Component(type_name, file_name, member, _rule_problem(found))
-            return Component(type_name, file_name, member)
+            return Component(type_name, file_name, member, self._field_problem(prefix, obj, found, parsed))
         if type_name in _FILES or type_name in _IN_FOLDERS:
             root_tag = type_name
             if type_name in _FILES:
@@ -295,6 +316,26 @@ class Metadata:
                 return Component(type_name, file_name, member, f"Expected a {root_tag} in {MD_NS}")
             return Component(type_name, file_name, member)
         return Component(type_name, "", member)  # a type the emulator does not check
+
+    def _field_problem(self, prefix: str, obj: str, found: etree._Element, parsed: dict[str, Any]) -> str:
+        """Why Salesforce would refuse this field for a custom metadata type, or a metadata
+        relationship on anything else ("" if it would not)."""
+        kind = (found.findtext(_MD + "type") or "").strip()
+        if not obj.endswith("__mdt"):
+            if kind == "MetadataRelationship":
+                return "Metadata relationships are only available on custom metadata types"
+            return ""
+        if kind not in MDT_FIELD_TYPES:
+            return f"Field type {kind or '(none)'} is not supported on custom metadata types"
+        if kind != "MetadataRelationship":
+            return ""
+        target = (found.findtext(_MD + "referenceTo") or "").strip()
+        if target in ("EntityDefinition", "FieldDefinition"):
+            return ""
+        known = f"{prefix}objects/{target}.object" in parsed or self.state.object_def(target, create=False)
+        if not target.endswith("__mdt") or not known:
+            return f"referenceTo: {target!r} is not a custom metadata type"
+        return ""
 
     def _apply(self, deployment: Deployment) -> None:
         """Make the org know what was deployed: objects, their fields, external ids."""

@@ -17,6 +17,7 @@ from lxml import etree
 from connectors.salesforce.ids import to_18
 from connectors.salesforce.provision import (
     APPROVAL_RULE,
+    METADATA_TYPES,
     NS,
     PackageError,
     approval_formula,
@@ -103,7 +104,12 @@ def test_every_file_is_valid_against_salesforces_metadata_schema(
         "dashboards/OnRecord-meta.xml",
         "dashboards/OnRecord/OnRecord_Leader_Buy_In.dashboard",
         "objects/Budget_Request__c.object",
+        "objects/OnRecord_Approval_Stage__mdt.object",
+        "objects/OnRecord_Config_Status__c.object",
+        "objects/OnRecord_Governed__mdt.object",
         "objects/OnRecord_Leader_Signal__c.object",
+        "objects/OnRecord_Leader__mdt.object",
+        "objects/OnRecord_Setting__mdt.object",
         "objects/OnRecord_Violation__c.object",
         "objects/Opportunity.object",
         "package.xml",
@@ -355,10 +361,18 @@ def test_package_xml_names_every_component_at_the_configured_api_version(config:
         for t in package.findall(MD + "types")
     }
 
-    assert members["CustomObject"] == ["OnRecord_Leader_Signal__c", "OnRecord_Violation__c"]
+    assert members["CustomObject"] == [
+        "OnRecord_Approval_Stage__mdt",
+        "OnRecord_Config_Status__c",
+        "OnRecord_Governed__mdt",
+        "OnRecord_Leader_Signal__c",
+        "OnRecord_Leader__mdt",
+        "OnRecord_Setting__mdt",
+        "OnRecord_Violation__c",
+    ]
     assert "Opportunity.OnRecord_Channel__c" in members["CustomField"]
     assert "OnRecord_Leader_Signal__c.OnRecord_Key__c" in members["CustomField"]
-    assert len(members["CustomField"]) == 2 * 7 + 16 + 10
+    assert len(members["CustomField"]) == 2 * 7 + 16 + 10 + 7 + (11 + 4 + 3 + 11)
     assert members["ValidationRule"] == [f"Budget_Request__c.{APPROVAL_RULE}"]
     assert members["PermissionSet"] == ["OnRecord_Integration", "OnRecord_Viewer"]
     assert package.findtext(MD + "version") == "62.0"
@@ -370,14 +384,25 @@ def test_integration_permission_set_can_edit_every_onrecord_field(config: Config
     view = parse(files["permissionsets/OnRecord_Viewer.permissionset"])
 
     editable = {p.findtext(MD + "field") for p in edit.findall(MD + "fieldPermissions")}
-    assert "Budget_Request__c.OnRecord_Approval__c" in editable and len(editable) == 40
+    assert "Budget_Request__c.OnRecord_Approval__c" in editable and len(editable) == 47
+    assert not any("__mdt." in f for f in editable)  # custom metadata fields take no field permissions
     assert {p.findtext(MD + "editable") for p in edit.findall(MD + "fieldPermissions")} == {"true"}
     assert {p.findtext(MD + "editable") for p in view.findall(MD + "fieldPermissions")} == {"false"}
     objects = {
         p.findtext(MD + "object"): p.findtext(MD + "allowCreate")
         for p in edit.findall(MD + "objectPermissions")
     }
-    assert objects == {"OnRecord_Leader_Signal__c": "true", "OnRecord_Violation__c": "true"}
+    assert objects == {
+        "OnRecord_Leader_Signal__c": "true",
+        "OnRecord_Violation__c": "true",
+        "OnRecord_Config_Status__c": "true",
+    }
+    readable_types = {
+        a.findtext(MD + "name"): a.findtext(MD + "enabled")
+        for a in edit.findall(MD + "customMetadataTypeAccesses")
+    }
+    assert readable_types == dict.fromkeys(METADATA_TYPES, "true")
+    assert view.find(MD + "customMetadataTypeAccesses") is None
 
 
 def test_approval_rule_without_the_integration_user_id_is_refused(tmp_path: Path) -> None:
@@ -495,7 +520,7 @@ def test_provision_deploy_sends_the_package_and_reports_success(
     assert deployment.files == on_disk
     assert deployment.options["rollbackOnError"].lower() == "true"  # production: all or nothing
     assert deployment.options["checkOnly"] == "false" and deployment.status == "Succeeded"
-    assert "deployed: 50 of 50 components (deploy 0Af" in capsys.readouterr().out
+    assert "deployed: 91 of 91 components (deploy 0Af" in capsys.readouterr().out
 
 
 def test_deployed_objects_can_be_written_by_their_external_id(
@@ -514,7 +539,7 @@ def test_deployed_objects_can_be_written_by_their_external_id(
         records=[RecordWrite(f"{leader}:2025-03", {"OnRecord_Leader__c": leader, "OnRecord_Logins__c": 4})],
     )
 
-    assert outcome.ok and outcome.components_deployed == outcome.components_total == 42
+    assert outcome.ok and outcome.components_deployed == outcome.components_total == 83
     assert [r.ok for r in writer.write_batch(batch)] == [True]
     (record,) = emu.records("OnRecord_Leader_Signal__c")
     assert record["OnRecord_Key__c"] == f"{leader}:2025-03" and record["OnRecord_Logins__c"] == 4
@@ -551,7 +576,7 @@ def test_check_only_deploy_validates_without_saving(
     assert main(["provision", "--deploy", "--check-only"]) == 0
 
     assert emu.deployments[0].check_only
-    assert "validated (check only): 50 of 50 components" in capsys.readouterr().out
+    assert "validated (check only): 91 of 91 components" in capsys.readouterr().out
 
 
 def test_a_report_outside_a_folder_the_package_carries_fails_the_deploy(
@@ -593,3 +618,152 @@ def test_deploy_polls_until_salesforce_says_it_is_done(
     checks = [c for c in emu.calls if "/deployRequest/" in c.path]
     assert len(checks) == 4
     assert emu.deployments[0].options["rollbackOnError"].lower() == "false"  # a sandbox
+
+
+# --- configuring OnRecord in Setup: the custom metadata types and the config status object ---
+
+MDT_FIELDS = {
+    "OnRecord_Governed__mdt": {
+        "Object__c": "Text",
+        "Tracked_Fields__c": "LongTextArea",
+        "Approval_Field__c": "Text",
+        "Approved_Values__c": "LongTextArea",
+        "Form_Id__c": "Text",
+        "Revert_To__c": "Text",
+        "Set_Status__c": "Checkbox",
+        "Status_Writers__c": "LongTextArea",
+        "Grace_Seconds__c": "Number",
+        "Max_Chain_Age_Days__c": "Number",
+        "Active__c": "Checkbox",
+    },
+    "OnRecord_Approval_Stage__mdt": {
+        "Governed__c": "MetadataRelationship",
+        "Order__c": "Number",
+        "Stage_Name__c": "Text",
+        "Approvers__c": "LongTextArea",
+    },
+    "OnRecord_Leader__mdt": {
+        "Email_Or_Username__c": "Text",
+        "Display_Name__c": "Text",
+        "Role_Name__c": "Text",
+    },
+    "OnRecord_Setting__mdt": {
+        "Login_Weight__c": "Number",
+        "Record_Touched_Weight__c": "Number",
+        "Form_Approval_Weight__c": "Number",
+        "Off_System_Approval_Weight__c": "Number",
+        "Training_Weight__c": "Number",
+        "Citation_Weight__c": "Number",
+        "Report_View_Weight__c": "Number",
+        "Dashboard_View_Weight__c": "Number",
+        "Weights_Version__c": "Text",
+        "Champion_Threshold__c": "Number",
+        "Period__c": "Picklist",
+    },
+}
+
+
+def test_each_custom_metadata_type_carries_its_fields_with_help_text(config: Config) -> None:
+    files = build_package(config)
+
+    assert sorted(MDT_FIELDS) == sorted(METADATA_TYPES)
+    for name, expected in MDT_FIELDS.items():
+        obj = parse(files[f"objects/{name}.object"])
+        fields = fields_of(obj)
+        assert {n: f.findtext(MD + "type") for n, f in fields.items()} == expected, name
+        assert obj.findtext(MD + "visibility") == "Public"
+        assert obj.findtext(MD + "label") and obj.findtext(MD + "pluralLabel")
+        for tag in ("nameField", "sharingModel", "deploymentStatus"):
+            assert obj.find(MD + tag) is None, (name, tag)
+        for field_name, field in fields.items():
+            help_text = field.findtext(MD + "inlineHelpText") or ""
+            assert 20 <= len(help_text) <= 510, (name, field_name)
+            assert field.findtext(MD + "fieldManageability") == "SubscriberControlled"
+    stage = fields_of(parse(files["objects/OnRecord_Approval_Stage__mdt.object"]))["Governed__c"]
+    assert stage.findtext(MD + "referenceTo") == "OnRecord_Governed__mdt"
+    assert stage.findtext(MD + "relationshipName") == "Approval_Stages"
+    setting = fields_of(parse(files["objects/OnRecord_Setting__mdt.object"]))
+    assert picklist(setting["Period__c"]) == ["week", "day"]
+    governed = fields_of(parse(files["objects/OnRecord_Governed__mdt.object"]))
+    assert governed["Active__c"].findtext(MD + "defaultValue") == "true"
+
+
+def test_config_status_object_holds_what_onrecord_made_of_each_record(config: Config) -> None:
+    obj = parse(build_package(config)["objects/OnRecord_Config_Status__c.object"])
+    fields = fields_of(obj)
+
+    assert {n: f.findtext(MD + "type") for n, f in fields.items()} == {
+        "OnRecord_Metadata_Type__c": "Text",
+        "OnRecord_Developer_Name__c": "Text",
+        "OnRecord_Status__c": "Picklist",
+        "OnRecord_Problem__c": "LongTextArea",
+        "OnRecord_Applied_At__c": "DateTime",
+        "OnRecord_Config_Version__c": "Text",
+        "OnRecord_Key__c": "Text",
+    }
+    assert picklist(fields["OnRecord_Status__c"]) == ["OK", "Problem"]
+    assert all(f.findtext(MD + "inlineHelpText") for f in fields.values())
+    assert fields["OnRecord_Key__c"].findtext(MD + "externalId") == "true"
+    assert obj.findtext(MD + "sharingModel") == "Read"  # data: everyone reads, OnRecord writes
+
+
+def test_custom_metadata_types_deploy_and_config_status_can_be_written(
+    emu: SalesforceEmulator, keypair: KeyPair, tmp_path: Path
+) -> None:
+    config = make_config(
+        f"sqlite:///{tmp_path}/x.db", tmp_path, governed=GOVERNED[:1], **overrides(emu, keypair, tmp_path)
+    )
+    writer = build_salesforce_writer(config)
+
+    outcome = deploy_package(writer, build_package(config), sandbox=False, poll_seconds=0.01)
+
+    assert outcome.ok, outcome.errors
+    deployed = {(c.type, c.full_name) for c in emu.deployments[0].components if c.success}
+    assert {("CustomObject", name) for name in METADATA_TYPES} <= deployed
+    assert ("CustomField", "OnRecord_Approval_Stage__mdt.Governed__c") in deployed
+    batch = WriteBatch(
+        object="OnRecord_Config_Status__c",
+        operation="upsert",
+        external_id_field="OnRecord_Key__c",
+        records=[
+            RecordWrite(
+                "OnRecord_Governed__mdt:Budget_Request",
+                {"OnRecord_Status__c": "Problem", "OnRecord_Problem__c": "Object__c: no such object"},
+            )
+        ],
+    )
+    assert [r.ok for r in writer.write_batch(batch)] == [True]
+    (record,) = emu.records("OnRecord_Config_Status__c")
+    assert record["OnRecord_Status__c"] == "Problem"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "problem"),
+    [
+        (
+            b"<type>Checkbox</type>",
+            b"<type>Lookup</type>",
+            "Field type Lookup is not supported on custom metadata types",
+        ),
+        (
+            b"<referenceTo>OnRecord_Governed__mdt</referenceTo>",
+            b"<referenceTo>Account</referenceTo>",
+            "referenceTo: 'Account' is not a custom metadata type",
+        ),
+    ],
+)
+def test_the_emulator_refuses_what_custom_metadata_types_do_not_support(
+    emu: SalesforceEmulator, keypair: KeyPair, tmp_path: Path, old: bytes, new: bytes, problem: str
+) -> None:
+    config = make_config(
+        f"sqlite:///{tmp_path}/y.db", tmp_path, governed=GOVERNED[:1], **overrides(emu, keypair, tmp_path)
+    )
+    files = build_package(config)
+    name = "OnRecord_Governed__mdt" if old.startswith(b"<type>") else "OnRecord_Approval_Stage__mdt"
+    assert old in files[f"objects/{name}.object"]
+    files[f"objects/{name}.object"] = files[f"objects/{name}.object"].replace(old, new, 1)
+
+    outcome = deploy_package(build_salesforce_writer(config), files, sandbox=False, poll_seconds=0.01)
+
+    assert outcome.status == "Failed"
+    assert any(e.startswith(f"objects/{name}.object: Error: {problem}") for e in outcome.errors)
