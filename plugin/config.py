@@ -65,6 +65,8 @@ class ServerConfig(_Section):
 class StorageConfig(_Section):
     url: str = "sqlite:///var/onrecord.db"
     group_commit_max: int = Field(500, ge=1, le=10000)  # rows per shared commit
+    # Days a processed (done) event keeps its payload; then only its evidence stays. 0: keep all.
+    retention_days: int = Field(0, ge=0, le=36500)
 
     @field_validator("url")
     @classmethod

@@ -66,6 +66,10 @@ def builtin_jobs(config: Config) -> list[Job]:
         from plugin.leaders.job import leaders_job
 
         found.append(leaders_job(config))
+    if config.storage.retention_days > 0:
+        from plugin.retention import retention_job
+
+        found.append(retention_job(config))
     return found
 
 
