@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.processes import ROOT, free_port
+from tests.support.processes import ROOT, free_port, run_plugin
 
 pytestmark = pytest.mark.slow
 
@@ -44,14 +44,7 @@ def env() -> dict[str, str]:
 
 @pytest.fixture
 def server(workdir: Path, env: dict[str, str]) -> Iterator[str]:
-    init = subprocess.run(
-        [sys.executable, "-m", "plugin", "init"],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    init = run_plugin("init", env=env, cwd=workdir)
     assert init.returncode == 0, init.stderr
     port = free_port()
     log = open(workdir / "serve.log", "wb")  # noqa: SIM115 - closed below
@@ -90,14 +83,7 @@ def server(workdir: Path, env: dict[str, str]) -> Iterator[str]:
 def test_the_demo_plays_the_whole_scenario_and_writes_the_report(
     server: str, workdir: Path, env: dict[str, str]
 ) -> None:
-    demo = subprocess.run(
-        [sys.executable, "-m", "plugin", "demo", "--url", server],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    demo = run_plugin("demo", "--url", server, cwd=workdir, env=env, timeout=300)
 
     assert demo.returncode == 0, demo.stdout + demo.stderr
     out = " ".join(demo.stdout.split())  # the demo wraps its lines at 100 characters
@@ -124,37 +110,16 @@ def test_the_demo_plays_the_whole_scenario_and_writes_the_report(
     assert "Leader Buy-In" in page and "<svg" in page and "Jane Doe" in page
     assert "the form has no response for this record" in page  # the hallway approval, with its reason
 
-    again = subprocess.run(
-        [sys.executable, "-m", "plugin", "demo", "--url", server],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = run_plugin("demo", "--url", server, cwd=workdir, env=env, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr  # new records every run
     again_out = " ".join(again.stdout.split())
     assert "2 off-system approvals" in again_out[again_out.index("Leader scores, ") :]
 
 
 def test_the_demo_says_what_to_do_when_nothing_answers(workdir: Path, env: dict[str, str]) -> None:
-    init = subprocess.run(
-        [sys.executable, "-m", "plugin", "init"],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    init = run_plugin("init", env=env, cwd=workdir)
     assert init.returncode == 0, init.stderr
 
-    demo = subprocess.run(
-        [sys.executable, "-m", "plugin", "demo", "--url", f"http://127.0.0.1:{free_port()}"],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    demo = run_plugin("demo", "--url", f"http://127.0.0.1:{free_port()}", cwd=workdir, env=env, timeout=60)
 
     assert demo.returncode == 1 and "start it with `make run`" in demo.stderr

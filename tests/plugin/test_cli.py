@@ -6,7 +6,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import sqlalchemy as sa
 
 from plugin import migrate
 from plugin.storage import begin_write, get_engine, inbox, outbox
-from tests.support.processes import ROOT
+from tests.support.processes import ROOT, run_plugin
 
 
 def env_for(tmp_path: Path, db_url: str, **extra: str) -> dict[str, str]:
@@ -29,9 +28,7 @@ def env_for(tmp_path: Path, db_url: str, **extra: str) -> dict[str, str]:
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "plugin", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
+    return run_plugin(*args, env=env, timeout=60)
 
 
 def test_init_generates_dev_secrets_once_with_mode_0600(tmp_path: Path, sqlite_url: str) -> None:
@@ -141,26 +138,12 @@ def test_outbox_and_deadletters_show_and_requeue(tmp_path: Path, sqlite_url: str
 
 @pytest.mark.parametrize("command", ["init", "serve", "worker", "check", "outbox", "deadletters"])
 def test_every_command_has_help(command: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "plugin", command, "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    result = run_plugin(command, "--help", cwd=ROOT, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0 and "usage:" in result.stdout
 
 
 def test_the_command_list_shows_no_argparse_internals() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "plugin", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    result = run_plugin("--help", env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert "SUPPRESS" not in result.stdout and "inbox-writer" not in result.stdout
 
 
@@ -172,14 +155,7 @@ def test_init_writes_a_starter_config_that_governs_opportunity_and_a_budget_appr
     (tmp_path / "config" / "onrecord.toml").unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONRECORD_")}
     env["PYTHONPATH"] = str(ROOT)
-    result = subprocess.run(
-        [sys.executable, "-m", "plugin", "init"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_plugin("init", env=env, cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
     written = tomllib.loads((tmp_path / "config" / "onrecord.toml").read_text())
     opportunity, budget = written["governed"]
@@ -206,14 +182,7 @@ def test_init_writes_a_starter_config_that_governs_opportunity_and_a_budget_appr
             kept = {k: v for k, v in written[section].items() if k not in ("people", "users", "org_id")}
             assert kept == {k: v for k, v in values.items() if k not in ("people", "users", "org_id")}
     assert (tmp_path / "var" / "onrecord.db").exists()
-    check = subprocess.run(
-        [sys.executable, "-m", "plugin", "check"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    check = run_plugin("check", cwd=tmp_path, env=env, timeout=60)
     assert check.returncode == 0, check.stdout
     assert "ok   governed objects: Opportunity, Budget_Request__c" in check.stdout
     assert "rules: approvals" in check.stdout

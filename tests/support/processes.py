@@ -26,6 +26,20 @@ def free_port() -> int:
         return port
 
 
+def run_plugin(
+    *args: str, env: Mapping[str, str], cwd: Path = ROOT, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`python -m plugin ARGS` as an admin runs it, to completion; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "plugin", *args],
+        cwd=cwd,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def onrecord_env(db_url: str, var_dir: Path, secret: str, **extra: Any) -> dict[str, str]:
     """The environment an admin would set, for a test's own database and var/."""
     env = {
