@@ -96,14 +96,20 @@ def approvals_rule(settings: Settings, directory: Callable[[], Directory]) -> Ru
         return outcome
 
     def state_keys(event: Event) -> list[str]:
-        obj, record_id = event.object, event.record_id
-        if event.kind == "timer.fired":
-            obj, record_id = event.data.get("object"), event.data.get("record_id")
-        if not obj or not record_id or obj not in settings.policies:
-            return []
-        return [state_key(obj, record_id)]
+        governed = governed_record(event, settings)
+        return [] if governed is None else [state_key(*governed)]
 
     return Rule(name=RULE, kinds=KINDS, apply=apply, state_keys=state_keys)
+
+
+def governed_record(event: Event, settings: Settings) -> tuple[str, str] | None:
+    """The approval-governed record an event is about (a timer names it in its data), or None."""
+    obj, record_id = event.object, event.record_id
+    if event.kind == "timer.fired":
+        obj, record_id = event.data.get("object"), event.data.get("record_id")
+    if not obj or not record_id or obj not in settings.policies:
+        return None
+    return str(obj), str(record_id)
 
 
 def is_approved(policy: GovernedObject, value: Any) -> bool:
@@ -132,11 +138,10 @@ def judge_event(
     verdicts: list[tuple[str, str, float | None]] | None = None,
 ) -> Outcome:
     """Everything the rule does for one event; `verdicts` collects (verdict, how, seconds) given."""
-    obj, record_id = event.object, event.record_id
-    if event.kind == "timer.fired":
-        obj, record_id = event.data.get("object"), event.data.get("record_id")
-    if not obj or not record_id or obj not in settings.policies:
+    governed = governed_record(event, settings)
+    if governed is None:
         return Outcome()
+    obj, record_id = governed
     policy = settings.policies[obj]
     key = state_key(obj, record_id)
     record = _Record(obj, record_id, policy, dict(state.get(key) or {}), directory, now)
