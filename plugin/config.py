@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from connectors.dataverse.config import DataverseConfig
+
 ENV_PREFIX = "ONRECORD_"
 # Variables with the prefix that are not configuration keys.
 NOT_CONFIG = frozenset({"ONRECORD_CONFIG", "ONRECORD_TEST_POSTGRES_URL", "ONRECORD_INBOX_SOCKET"})
@@ -516,6 +518,7 @@ class Config(BaseModel):
     dispatch: DispatchConfig = DispatchConfig()
     crm: CrmConfig = CrmConfig()
     salesforce: SalesforceConfig = SalesforceConfig()
+    dataverse: DataverseConfig = DataverseConfig()
     power_automate: PowerAutomateConfig = PowerAutomateConfig()
     api: ApiConfig = ApiConfig()
     provenance: ProvenanceConfig = ProvenanceConfig()
@@ -530,6 +533,8 @@ SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
         ("salesforce", "events_secret"),
         ("salesforce", "outbound_token"),
         ("salesforce", "client_secret"),
+        ("dataverse", "client_secret"),
+        ("dataverse", "webhook_key"),
         ("power_automate", "api_key"),
         ("api", "tokens"),
         ("api", "callback_key"),
@@ -539,7 +544,7 @@ SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
 # Secrets init never generates: the passphrase is the admin's choice, and the connected app's
 # secret comes from Salesforce (a made-up one would only make the writer fail to log in).
 OPTIONAL_SECRETS: frozenset[tuple[str, str]] = frozenset(
-    {("provenance", "key_passphrase"), ("salesforce", "client_secret")}
+    {("provenance", "key_passphrase"), ("salesforce", "client_secret"), ("dataverse", "client_secret")}
 )
 
 
