@@ -17,8 +17,7 @@ from typing import ParamSpec
 from flask import Response, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from connectors.power_automate.auth import entra_settings, entra_verifier
-from connectors.power_automate.entra import AuthRejected
+from plugin import registry
 from plugin.runtime import runtime
 
 P = ParamSpec("P")
@@ -50,10 +49,14 @@ def require_api_auth(view: Callable[P, ResponseReturnValue]) -> Callable[P, Resp
 
 def authenticate_api(authorization: str | None) -> str:
     """The caller's identity (``api_token:<n>`` or ``entra:<tenant>/<app id>``), or raise ApiAuthError."""
-    config = runtime().config
-    tokens = config.api.tokens
-    entra = entra_settings(config, role=config.api.entra_required_role) if config.api.accept_entra else None
-    if not tokens and entra is None:
+    rt = runtime()
+    tokens = rt.config.api.tokens
+    verifiers = [
+        verify
+        for connector in registry.connectors()
+        if connector.api_verifier is not None and (verify := connector.api_verifier(rt)) is not None
+    ]
+    if not tokens and not verifiers:
         raise ApiAuthError(503, "not_configured", "no API tokens or Entra ID settings are configured")
     scheme, _, token = (authorization or "").strip().partition(" ")
     token = token.strip()
@@ -62,13 +65,8 @@ def authenticate_api(authorization: str | None) -> str:
     match = matching_token(token, tokens)
     if match is not None:
         return f"api_token:{match}"
-    if entra is not None and token.count(".") == 2:  # a JWT: only Entra ID can vouch for it
-        try:
-            return entra_verifier(runtime(), entra).verify(authorization).sender
-        except AuthRejected as exc:
-            if exc.reason == "jwks_unavailable":
-                raise ApiAuthError(503, exc.reason, "the tenant's signing keys cannot be fetched") from exc
-            raise ApiAuthError(401, exc.reason, exc.message) from exc
+    if verifiers and authorization and token.count(".") == 2:  # a JWT: only Entra ID can vouch for it
+        return verifiers[0](authorization)
     raise ApiAuthError(401, "invalid_token", "the bearer token is not valid")
 
 

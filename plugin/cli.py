@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from plugin import registry
 from plugin.config import Config, ConfigError, load_config
 
 Command = Callable[[argparse.Namespace, Config], int]
@@ -44,11 +45,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     q.add_argument("ids", nargs="*")
     q.add_argument("--all", action="store_true")
-    p = sub.add_parser("poll", help="run a poller once, now (logins: Salesforce LoginHistory)")
+    crms = registry.crm_names()
+    crm_help = f"which CRM ({', '.join(crms)}; default: crm.primary)"
+    p = sub.add_parser("poll", help="run a poller once, now (logins: LoginHistory, Dataverse auditing)")
     p.add_argument("what", choices=["logins"])
-    p = sub.add_parser("provision", help="write (and deploy) the Salesforce metadata package")
+    p.add_argument("--crm", choices=crms, help=crm_help)
+    p = sub.add_parser("provision", help="write (and deploy) what OnRecord needs in the CRM")
+    p.add_argument("--crm", choices=crms, help=crm_help)
     p.add_argument("--out", help="directory to write the package to (default: a temporary one)")
-    p.add_argument("--deploy", action="store_true", help="deploy it through the Metadata API")
+    p.add_argument("--deploy", action="store_true", help="deploy it (Metadata API, Web API)")
     p.add_argument("--check-only", action="store_true", help="with --deploy: validate, do not save")
     p.add_argument("--wait", type=float, default=600.0, help="with --deploy: seconds to wait for it")
 
@@ -76,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=100, help="records to list at most")
     p = sub.add_parser("directory", help="list the people directory (names, e-mails, ids, groups)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--refresh", action="store_true", help="read Salesforce's users and groups first")
+    p.add_argument("--refresh", action="store_true", help="read the CRM's users (and groups) first")
+    p.add_argument("--crm", choices=crms, help=crm_help)
     p = sub.add_parser("leaders", help="leader buy-in signals: counts, score, trend, champion candidates")
     p.add_argument("--json", action="store_true", help="machine-readable output (as GET /api/leaders)")
     p.add_argument("--period", help="another period, e.g. 2026-W48 or 2026-11-26 (default: the current one)")
@@ -84,8 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--html", required=True, metavar="FILE", help="where to write the page")
     p.add_argument("--period", help="the report's period, e.g. 2026-W48 (default: the current one)")
     p.add_argument("--periods", type=int, default=12, help="periods the chart shows, this one included")
-    p = sub.add_parser("demo", help="play a whole scenario against a running OnRecord and say what it did")
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="the OnRecord to play against")
+    extra: dict[str, Command] = {}
+    for connector in registry.connectors():
+        for command in connector.commands:
+            command.add(sub)
+            extra[command.name] = command.run
 
     args = parser.parse_args(argv)
     if args.config:
@@ -112,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "approvals": _lazy("plugin.commands.approvals", "run"),
         "leaders": _lazy("plugin.commands.leaders", "run"),
         "report": _lazy("plugin.commands.report", "run"),
-        "demo": _lazy("plugin.commands.demo", "run"),
+        **extra,
     }
     return commands[args.command](args, config)
 

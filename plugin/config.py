@@ -15,8 +15,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -28,7 +27,8 @@ from pydantic import (
     model_validator,
 )
 
-from connectors.dataverse.config import DataverseConfig
+from plugin.settings import Section as _Section
+from plugin.settings import secret_list as _secret_list
 
 ENV_PREFIX = "ONRECORD_"
 # Variables with the prefix that are not configuration keys.
@@ -38,10 +38,6 @@ DEFAULT_CONFIG_PATH = Path("config/onrecord.toml")
 
 class ConfigError(Exception):
     """The configuration is invalid; the message names every offending key."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ServerConfig(_Section):
@@ -103,61 +99,13 @@ class DispatchConfig(_Section):
 
 
 class CrmConfig(_Section):
-    kind: Literal["auto", "dry_run", "salesforce"] = "auto"  # auto: salesforce if credentials exist
-
-
-class SalesforceConfig(_Section):
-    org_id: str = ""
-    integration_user_id: str = ""
-    login_url: str = "https://login.salesforce.com"
-    # "jwt": OAuth 2.0 JWT bearer (client_id, username, private_key_file);
-    # "client_credentials": client_id and the secret salesforce.client_secret.
-    auth: Literal["jwt", "client_credentials"] = "jwt"
-    client_id: str = ""
-    username: str = ""
-    private_key_file: str = ""
-    api_version: str = "62.0"
-    ca_bundle: str = ""
-    timeout_seconds: float = Field(30.0, gt=0, le=600)
-    # Pause writing once the org's daily API usage passes this share of its limit.
-    api_budget_share: float = Field(0.8, gt=0, le=1)
-    # Outbound message WSDLs ("Click for WSDL" on the message's Setup page); globs allowed.
-    outbound_wsdls: list[str] = Field(default_factory=lambda: ["config/*.wsdl"])
-    # Where a TLS-terminating proxy passes the client certificate's SHA-256 fingerprint, and the
-    # fingerprints accepted (hex, colons optional). Empty header: not checked.
-    client_cert_header: str = ""
-    client_cert_fingerprints: list[str] = Field(default_factory=list)
-    # How often the worker polls LoginHistory (0: never; `poll logins` still works).
-    poll_logins_interval_seconds: float = Field(300.0, ge=0)
-    events_tolerance_seconds: int = Field(300, ge=1, le=3600)
-    # secrets (environment or files only)
-    events_secret: list[str] = Field(default_factory=list)  # whsec_..., several during rotation
-    outbound_token: str = ""  # the ?token= of the outbound message endpoint URL
-    client_secret: str = ""  # the connected app's secret, for client_credentials
-
-    @field_validator("events_secret", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return _secret_list(v)
-
-    @field_validator("events_secret")
-    @classmethod
-    def _whsec(cls, v: list[str]) -> list[str]:
-        from plugin.signatures import SignatureError, decode_secret
-
-        for s in v:  # refused here exactly when the receiver would refuse it: never both
-            try:
-                decode_secret(s)
-            except SignatureError as exc:
-                raise ValueError(f"each secret must look like whsec_<base64>: {exc}") from None
-        return v
-
-    @field_validator("outbound_token")
-    @classmethod
-    def _long_enough(cls, v: str) -> str:
-        if v and len(v) < 24:
-            raise ValueError("must be at least 24 characters (generate one with `python -m plugin init`)")
-        return v
+    # "auto": each CRM is written to when its credentials are configured, else its writes go to
+    # the dry run; "dry_run": every CRM's; a CRM's name: that CRM's writer even without credentials
+    # (so `check` says what is missing). Checked against the installed CRM connectors.
+    kind: str = Field("auto", pattern=r"^[a-z][a-z0-9_]{0,39}$")
+    # The CRM that writes not tied to one governed record go to (leader signals), and the one
+    # `provision`, `poll logins` and `directory --refresh` mean without --crm.
+    primary: str = Field("salesforce", pattern=r"^[a-z][a-z0-9_]{0,39}$")
 
 
 _API_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,79}$"
@@ -186,6 +134,8 @@ class GovernedObject(_Section):
     """A CRM object OnRecord governs, and the fields whose provenance it tracks."""
 
     object: str = Field(pattern=_API_NAME)
+    # The CRM the object lives in (a CRM connector's name: "salesforce", "dataverse").
+    crm: str = Field("salesforce", pattern=r"^[a-z][a-z0-9_]{0,39}$")
     fields: list[str] = Field(min_length=1)
     # Approval-governed objects: the field holding the approval status, its type, and the
     # values that mean "approved". `provision` adds a validation rule that lets only OnRecord's
@@ -241,7 +191,6 @@ class GovernedObject(_Section):
         return self
 
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 # A callback host pattern: a name, or "*." and a domain (any subdomain of it), optionally ":port".
 _HOST_PATTERN = re.compile(
     r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d{1,5})?$"
@@ -250,80 +199,6 @@ _HOST_PATTERN = re.compile(
 # ("https://prod-NN.<region>.logic.azure.com:443/workflows/..."), and newer Power Automate
 # environments ("https://<env>.NN.environment.api.powerplatform.com:443/powerautomate/...").
 DEFAULT_CALLBACK_HOSTS = ("*.logic.azure.com", "*.environment.api.powerplatform.com")
-
-
-def _secret_list(v: Any) -> Any:
-    """A secret given as one string, or several (rotation) as a JSON list."""
-    if isinstance(v, str):
-        v = v.strip()
-        if v.startswith("["):
-            return json.loads(v)
-        return [v] if v else []
-    return v
-
-
-AuthMode = Literal["entra", "api_key"]
-AUTH_MODES: tuple[AuthMode, ...] = ("entra", "api_key")
-
-
-class PowerAutomateConfig(_Section):
-    # Which ways of authenticating the flows' HTTP actions are accepted on /hooks/power-automate/*.
-    # A mode counts only once configured; with none configured every request is refused (503).
-    auth_modes: list[AuthMode] = Field(default_factory=lambda: list(AUTH_MODES))
-    # Entra ID app-only tokens ("Active Directory OAuth" in the HTTP action). Set tenant_id to enable.
-    entra_tenant_id: str = ""
-    entra_audiences: list[str] = Field(default_factory=list, validate_default=True)
-    entra_allowed_client_ids: list[str] = Field(default_factory=list, validate_default=True)
-    entra_required_role: str = Field("", validate_default=True)
-    entra_jwks_url: str = ""  # default: the tenant's keys at login.microsoftonline.com
-    entra_leeway_seconds: int = Field(120, ge=0, le=600)
-    # secret (environment or files only): the X-OnRecord-Key value(s), several during rotation
-    api_key: list[str] = Field(default_factory=list)
-
-    @field_validator("entra_tenant_id")
-    @classmethod
-    def _tenant_guid(cls, v: str) -> str:
-        if v and not _GUID.match(v.strip()):
-            raise ValueError("must be the tenant's id (a GUID), not a domain or 'common'")
-        return v.strip().lower()
-
-    @field_validator("entra_audiences", "entra_required_role")
-    @classmethod
-    def _needed_with_tenant(cls, v: Any, info: ValidationInfo) -> Any:
-        if info.data.get("entra_tenant_id") and not v:
-            raise ValueError("is required when entra_tenant_id is set")
-        return v
-
-    @field_validator("entra_allowed_client_ids")
-    @classmethod
-    def _client_guids(cls, v: list[str], info: ValidationInfo) -> list[str]:
-        if info.data.get("entra_tenant_id") and not v:
-            raise ValueError("is required when entra_tenant_id is set (the flows' app ids; fail closed)")
-        for client in v:
-            if not _GUID.match(client.strip()):
-                raise ValueError(f"{client!r} is not a client (application) id GUID")
-        return [c.strip().lower() for c in v]
-
-    @field_validator("entra_jwks_url")
-    @classmethod
-    def _https_jwks(cls, v: str) -> str:
-        parts = urlsplit(v)
-        loopback = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
-        if v and parts.scheme != "https" and not loopback:
-            raise ValueError("must be an https:// URL (http only on loopback)")
-        return v
-
-    @field_validator("api_key", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return _secret_list(v)
-
-    @field_validator("api_key")
-    @classmethod
-    def _long_enough(cls, v: list[str]) -> list[str]:
-        if any(len(k) < 20 for k in v):
-            raise ValueError("each key must be at least 20 characters")
-        return v
 
 
 class ApiConfig(_Section):
@@ -504,9 +379,15 @@ class LoggingConfig(_Section):
 
 
 class Config(BaseModel):
-    """The whole validated configuration."""
+    """The whole validated configuration.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    The core's sections are declared here; each connector's section (`[salesforce]`,
+    `[dataverse]`, `[power_automate]`, ...) is declared in its own folder and validated by
+    `load_config` with the same rules: read it with `section(name, Model)`."""
+
+    # "allow": the connectors' sections, each already validated by load_config (unknown
+    # top-level keys are refused there, by name).
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     var_dir: str = "var"
     secrets_dir: str = "var/secrets"
@@ -517,35 +398,68 @@ class Config(BaseModel):
     worker: WorkerConfig = WorkerConfig()
     dispatch: DispatchConfig = DispatchConfig()
     crm: CrmConfig = CrmConfig()
-    salesforce: SalesforceConfig = SalesforceConfig()
-    dataverse: DataverseConfig = DataverseConfig()
-    power_automate: PowerAutomateConfig = PowerAutomateConfig()
     api: ApiConfig = ApiConfig()
     provenance: ProvenanceConfig = ProvenanceConfig()
     directory: DirectoryConfig = DirectoryConfig()
     leaders: LeadersConfig = LeadersConfig()
     logging: LoggingConfig = LoggingConfig()
 
+    def section(self, name: str, model: type[S]) -> S:
+        """A connector's section, typed (e.g. `config.section("salesforce", SalesforceConfig)`)."""
+        value = (self.__pydantic_extra__ or {}).get(name)
+        if not isinstance(value, model):
+            raise KeyError(f"no [{name}] section of type {model.__name__} (is its connector installed?)")
+        return value
 
-# section.key names whose values are secrets.
-SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
+
+S = TypeVar("S", bound=BaseModel)
+
+# The core's section.key names whose values are secrets (connectors declare their own).
+CORE_SECRET_KEYS: frozenset[tuple[str, str]] = frozenset(
     {
-        ("salesforce", "events_secret"),
-        ("salesforce", "outbound_token"),
-        ("salesforce", "client_secret"),
-        ("dataverse", "client_secret"),
-        ("dataverse", "webhook_key"),
-        ("power_automate", "api_key"),
         ("api", "tokens"),
         ("api", "callback_key"),
         ("provenance", "key_passphrase"),
     }
 )
-# Secrets init never generates: the passphrase is the admin's choice, and the connected app's
-# secret comes from Salesforce (a made-up one would only make the writer fail to log in).
-OPTIONAL_SECRETS: frozenset[tuple[str, str]] = frozenset(
-    {("provenance", "key_passphrase"), ("salesforce", "client_secret"), ("dataverse", "client_secret")}
-)
+# Secrets init never generates: the passphrase is the admin's choice.
+CORE_OPTIONAL_SECRETS: frozenset[tuple[str, str]] = frozenset({("provenance", "key_passphrase")})
+
+
+def secret_keys() -> frozenset[tuple[str, str]]:
+    """Every section.key whose value is a secret: the core's and every connector's."""
+    from plugin import registry
+
+    return CORE_SECRET_KEYS | registry.secret_keys()
+
+
+def optional_secrets() -> frozenset[tuple[str, str]]:
+    """Secrets `init` does not generate (an admin's choice, or a value the CRM hands out)."""
+    from plugin import registry
+
+    return CORE_OPTIONAL_SECRETS | registry.optional_secret_keys()
+
+
+def section_models() -> dict[str, Any]:
+    """Top-level key -> its annotation: the core's fields and every connector's section."""
+    from plugin import registry
+
+    found: dict[str, Any] = {name: f.annotation for name, f in Config.model_fields.items()}
+    for name, model in registry.settings_sections().items():
+        if name in found:
+            raise ValueError(f"connector section [{name}] collides with a core configuration key")
+        found[name] = model
+    return found
+
+
+def __getattr__(name: str) -> Any:
+    # SECRET_KEYS / OPTIONAL_SECRETS as constants for older callers; computed on first use
+    # because the connectors' sections are discovered, not imported here.
+    if name == "SECRET_KEYS":
+        return secret_keys()
+    if name == "OPTIONAL_SECRETS":
+        return optional_secrets()
+    raise AttributeError(name)
 
 
 def import_setting(setting: str, path: str) -> Any:
@@ -578,7 +492,7 @@ def load_config(
     errors = [
         f"{section}.{key}: secrets may not be written in the TOML file; set "
         f"{env_name(section, key)} or {env_name(section, key)}_FILE"
-        for section, key in sorted(SECRET_KEYS)
+        for section, key in sorted(secret_keys())
         if key in raw.get(section, {})
     ]
     errors += _apply_env(raw, env)
@@ -590,10 +504,55 @@ def load_config(
         _read_secrets(raw, env, secrets_dir)
     except OSError as exc:
         raise ConfigError(str(exc)) from exc
+    return _validate(raw)
+
+
+def _validate(raw: dict[str, Any]) -> Config:
+    """The core's sections by the Config model, each connector's by its own, every error named."""
+    from plugin import registry
+
+    errors: list[str] = []
+    sections = registry.settings_sections()
+    unknown = sorted(set(raw) - set(Config.model_fields) - set(sections))
+    errors += [f"{name}: unknown configuration key" for name in unknown]
+    validated: dict[str, Any] = {}
+    for name, model in sections.items():
+        try:
+            validated[name] = model.model_validate(raw.get(name, {}))
+        except ValidationError as exc:
+            errors.append(_describe(exc, prefix=name))
+    core = {k: v for k, v in raw.items() if k in Config.model_fields}
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate({**core, **validated})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from exc
+        errors.append(_describe(exc))
+    if errors:
+        raise ConfigError("\n".join(errors))
+    errors += _known_crms(config)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return config
+
+
+def _known_crms(config: Config) -> list[str]:
+    """`crm.kind` and each governed object's `crm` must name a CRM a connector provides."""
+    from plugin import registry
+
+    names = registry.crm_names()
+    errors = []
+    if config.crm.primary not in names:
+        errors.append(f"crm.primary: must be one of {', '.join(names)} (got {config.crm.primary!r})")
+    if config.crm.kind not in ("auto", "dry_run", *names):
+        allowed = ", ".join(("auto", "dry_run", *names))
+        errors.append(f"crm.kind: must be one of {allowed} (got {config.crm.kind!r})")
+    seen: dict[str, str] = {}
+    for i, governed in enumerate(config.governed):
+        if governed.crm not in names:
+            errors.append(f"governed.{i}.crm: must be one of {', '.join(names)} (got {governed.crm!r})")
+        elif seen.setdefault(governed.object, governed.crm) != governed.crm:
+            # Rules and the outbox know a record by object name and id: one name, one CRM.
+            errors.append(f"governed.{i}.object: {governed.object!r} is governed in two CRMs")
+    return errors
 
 
 def env_name(section: str, key: str) -> str:
@@ -603,21 +562,23 @@ def env_name(section: str, key: str) -> str:
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> list[str]:
     """Fold ONRECORD_* variables into `raw`; return errors for unknown or malformed ones."""
     errors: list[str] = []
-    secret_files = {env_name(section, key) + "_FILE" for section, key in SECRET_KEYS}
+    secrets = secret_keys()
+    models = section_models()
+    secret_files = {env_name(section, key) + "_FILE" for section, key in secrets}
     for name, value in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG or name in secret_files:
             continue  # secrets' _FILE pointers are read by _read_secrets
         parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
-        if tuple(parts) in SECRET_KEYS:
+        if tuple(parts) in secrets:
             continue  # read by _read_secrets
-        target: Any = Config
-        for part in parts:
-            fields = getattr(target, "model_fields", None)
+        target: Any = None
+        for depth, part in enumerate(parts):
+            fields = models if depth == 0 else getattr(target, "model_fields", None)
             if fields is None or part not in fields:
                 errors.append(f"{name}: unknown configuration key {'.'.join(parts)}")
                 target = None
                 break
-            target = fields[part].annotation
+            target = fields[part] if depth == 0 else fields[part].annotation
         if target is None:
             continue
         node = raw
@@ -649,7 +610,7 @@ def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> None:
 
 
 def _read_secrets(raw: dict[str, Any], env: Mapping[str, str], secrets_dir: Path) -> None:
-    for section, key in SECRET_KEYS:
+    for section, key in sorted(secret_keys()):
         if key in raw.get(section, {}):  # set by overrides (tests)
             continue
         name = env_name(section, key)
@@ -664,14 +625,15 @@ def _read_secrets(raw: dict[str, Any], env: Mapping[str, str], secrets_dir: Path
             raw.setdefault(section, {})[key] = value
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, prefix: str = "") -> str:
     lines = []
+    secrets = secret_keys()
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown configuration key"
-        if loc.split(".")[:2] and tuple(loc.split(".")[:2]) in SECRET_KEYS:
+        if loc.split(".")[:2] and tuple(loc.split(".")[:2]) in secrets:
             lines.append(f"{loc}: {msg}")  # never echo a secret's value
         else:
             lines.append(f"{loc}: {msg} (got {err.get('input')!r})")

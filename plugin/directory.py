@@ -17,37 +17,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.salesforce.ids import SUFFIX_ALPHABET, is_salesforce_id, to_18
+from plugin.registry import id_match_key, repaired_id
 
 
 def _id_key(value: str) -> str:
-    """How an identifier is looked up: Salesforce ids by their case-sensitive 15-char stem (an
-    18-character id in the wrong case gets its case back from its suffix), the rest lower-cased."""
+    """How an identifier is looked up: a CRM id by its CRM's match key (Salesforce ids by their
+    case-sensitive 15-character stem, even from an 18-character id whose case was lost; GUIDs in
+    lower case), the rest lower-cased."""
     value = value.strip()
-    if not is_salesforce_id(value) and len(value) == 18 and value.isalnum():
-        value = _restore_case(value)
-    if is_salesforce_id(value):
-        return "sf:" + value[:15]
-    return value.lower()
+    return id_match_key(value) or value.lower()
 
 
 def identifier_key(value: str) -> str:
     """The form an identifier is matched by (two identifiers with equal keys name one person)."""
     return _id_key(value)
-
-
-def _restore_case(id18: str) -> str:
-    """An 18-character id whose case was lost (lower- or upper-cased), as Salesforce wrote it; the
-    value unchanged when its suffix cannot be one."""
-    suffix = id18[15:].upper()
-    if any(c not in SUFFIX_ALPHABET for c in suffix):
-        return id18
-    chars = []
-    for chunk, flag in enumerate(suffix):
-        mask = SUFFIX_ALPHABET.index(flag)
-        for i, ch in enumerate(id18[chunk * 5 : chunk * 5 + 5]):
-            chars.append(ch.upper() if mask >> i & 1 else ch.lower())
-    return "".join(chars) + suffix
 
 
 @dataclass(frozen=True)
@@ -213,11 +196,8 @@ def _unique(values: Iterable[str], key: Any = str.lower) -> tuple[str, ...]:
 
 
 def _crm_id(value: str) -> str:
-    """A CRM user id as stored: Salesforce ids in their 18-character form."""
-    value = value.strip()
-    if not is_salesforce_id(value) and len(value) == 18 and value.isalnum():
-        value = _restore_case(value)
-    return to_18(value) if is_salesforce_id(value) else value
+    """A CRM user id as stored: canonical (Salesforce ids in 18 characters, GUIDs lower case)."""
+    return repaired_id(value.strip())
 
 
 def _normalise(person: Person) -> Person:

@@ -26,9 +26,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from connectors.salesforce.ids import is_salesforce_id, to_18
 from plugin.config import Config, DirectoryPerson
 from plugin.directory import Directory, Person
+from plugin.registry import canonical_id
 from plugin.storage import begin_write, directory, is_postgres
 
 if TYPE_CHECKING:
@@ -43,8 +43,7 @@ def configured_person(entry: DirectoryPerson) -> Person:
     """A `[directory] people` entry as a Person; its key is its Salesforce id (18 characters),
     else its first e-mail, else its name."""
     sf_id = entry.salesforce_id.strip()
-    if is_salesforce_id(sf_id):
-        sf_id = to_18(sf_id)
+    sf_id = canonical_id(sf_id) or sf_id
     key = sf_id or (entry.emails[0] if entry.emails else f"name:{entry.name.strip().lower()}")
     return Person(
         key=key,

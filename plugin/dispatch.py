@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -55,6 +55,7 @@ class DispatchResult:
 class _Pending:
     """One record's coalesced write and the outbox rows it stands for."""
 
+    target: str  # the CRM
     object: str
     operation: str
     external_id_field: str | None
@@ -66,13 +67,13 @@ class _Pending:
 
 def coalesce(rows: Sequence[Any]) -> list[_Pending]:
     """Merge rows per record; rows must be given oldest first (occurred_at, id)."""
-    merged: dict[tuple[str, str, str | None, str], _Pending] = {}
+    merged: dict[tuple[str, str, str, str | None, str], _Pending] = {}
     for row in rows:
-        key = (row.object, row.operation, row.external_id_field, row.record_key)
+        key = (row.target, row.object, row.operation, row.external_id_field, row.record_key)
         pending = merged.get(key)
         if pending is None:
             pending = merged[key] = _Pending(
-                row.object, row.operation, row.external_id_field, row.record_key, {}, [], 0
+                row.target, row.object, row.operation, row.external_id_field, row.record_key, {}, [], 0
             )
         pending.fields.update(row.payload)
         pending.row_ids.append(row.id)
@@ -80,12 +81,17 @@ def coalesce(rows: Sequence[Any]) -> list[_Pending]:
     return list(merged.values())
 
 
-def batches(pending: Sequence[_Pending], size: int) -> list[list[_Pending]]:
-    """Group per (object, operation, external id field), then cut into calls of at most `size`."""
-    groups: dict[tuple[str, str, str | None], list[_Pending]] = {}
+def batches(pending: Sequence[_Pending], size: int | Callable[[str], int]) -> list[list[_Pending]]:
+    """Group per (CRM, object, operation, external id field), then cut into calls of at most
+    `size` records (a number, or per CRM: each CRM's writer has its own cap)."""
+    groups: dict[tuple[str, str, str, str | None], list[_Pending]] = {}
     for p in pending:
-        groups.setdefault((p.object, p.operation, p.external_id_field), []).append(p)
-    return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+        groups.setdefault((p.target, p.object, p.operation, p.external_id_field), []).append(p)
+    found = []
+    for (target, *_), group in groups.items():
+        cap = size(target) if callable(size) else size
+        found += [group[i : i + cap] for i in range(0, len(group), cap)]
+    return found
 
 
 class Dispatcher:
@@ -104,11 +110,14 @@ class Dispatcher:
         backoff_max_seconds: float = 900.0,
         lease_seconds: float = 60.0,
         notifier: Notifier = no_subscribers,
+        writers: Mapping[str, CrmWriter] | None = None,
     ) -> None:
         self.engine = engine
+        # `writer` takes every CRM row unless `writers` names one for the row's target (its CRM)
         self.writer = writer
+        self.writers = dict(writers or {})
         self.owner = owner
-        self.batch_size = min(batch_size, 200)
+        self.batch_size = batch_size
         self.claim_size = claim_size
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base_seconds
@@ -124,7 +133,7 @@ class Dispatcher:
         rows = self._claim(now)
         if not rows:
             return DispatchResult(0, 0, 0, 0)
-        crm_rows = [r for r in rows if r.target == "crm"]
+        crm_rows = [r for r in rows if r.target != "notification"]
         notes = [r for r in rows if r.target == "notification"]
         result = DispatchResult(0, 0, 0, 0)
         started = time.monotonic()
@@ -143,7 +152,7 @@ class Dispatcher:
             self._record(
                 [(r.id, r.attempts, o) for r, o in zip(chunk, outcomes, strict=True)], datetime.now(UTC)
             )
-        for batch in batches(coalesce(crm_rows), self.batch_size):
+        for batch in batches(coalesce(crm_rows), self._batch_cap):
             if not still_leader():
                 return result
             result = _add(result, self._send(batch))
@@ -189,17 +198,26 @@ class Dispatcher:
                 )
         return sorted(rows, key=lambda r: (r.occurred_at, r.id))
 
+    def writer_for(self, target: str) -> CrmWriter:
+        """The writer of the CRM an outbox row names."""
+        return self.writers.get(target, self.writer)
+
+    def _batch_cap(self, target: str) -> int:
+        """Records per call: the configured batch size, within what the CRM accepts."""
+        return max(1, min(self.batch_size, getattr(self.writer_for(target), "max_batch", 200)))
+
     def _send(self, batch: list[_Pending]) -> DispatchResult:
         first = batch[0]
+        writer = self.writer_for(first.target)
         wb = WriteBatch(
             object=first.object,
             operation="upsert" if first.operation == "upsert" else "update",
             external_id_field=first.external_id_field,
             records=[RecordWrite(p.record_key, p.fields) for p in batch],
         )
-        name = self.writer.name
+        name = writer.name
         try:
-            results = self.writer.write_batch(wb)
+            results = writer.write_batch(wb)
             if len(results) != len(batch):
                 raise CrmError(
                     f"writer returned {len(results)} results for {len(batch)} records", retryable=True
@@ -209,7 +227,7 @@ class Dispatcher:
             log.warning("CRM writes paused", extra={"reason": "crm_paused", "detail": str(exc)})
             self._postpone(batch, datetime.now(UTC) + PAUSE_RETRY)
             metrics.CRM_CALLS.labels(name, first.object, "paused").inc()
-            self._report_budget(paused=True)
+            self._report_budget(writer, paused=True)
             return DispatchResult(0, 0, len(batch), 0)
         except CrmError as exc:
             log.warning(
@@ -224,7 +242,7 @@ class Dispatcher:
             results = [RecordResult(ok=False, retryable=exc.retryable, error=str(exc)) for _ in batch]
             outcome = "error"
         metrics.CRM_CALLS.labels(name, first.object, outcome).inc()
-        self._report_budget(paused=False)
+        self._report_budget(writer, paused=False)
         if outcome == "ok":
             metrics.CRM_RECORDS_PER_CALL.labels(name).observe(len(batch))
         now = datetime.now(UTC)
@@ -237,10 +255,10 @@ class Dispatcher:
                 metrics.CRM_RECORDS.labels(name, label).inc(count)
         return DispatchResult(1, sent, retried, dead)
 
-    def _report_budget(self, *, paused: bool) -> None:
-        """The org's API budget as the writer last read it, for /metrics."""
+    def _report_budget(self, writer: CrmWriter, *, paused: bool) -> None:
+        """The CRM's API budget as the writer last read it, for /metrics."""
         metrics.CRM_PAUSED.set(1 if paused else 0)
-        usage = getattr(self.writer, "api_usage", None)
+        usage = getattr(writer, "api_usage", None)
         reading = usage() if callable(usage) else None
         if reading:
             metrics.CRM_API_USED.set(reading[0])

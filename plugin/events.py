@@ -64,6 +64,8 @@ class CrmWrite:
     record_id: str | None = None  # update by CRM id
     external_id_field: str | None = None  # upsert by this field ...
     external_id: str | None = None  # ... with this value
+    # The CRM it goes to (an outbox row's target); None: the governed object's CRM, else crm.primary
+    crm: str | None = None
 
     def __post_init__(self) -> None:
         by_id = self.record_id is not None

@@ -10,31 +10,26 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import uuid
 
-from connectors.salesforce.ids import is_salesforce_id, to_18
 from plugin.events import Event
+from plugin.registry import canonical_id
 
-_GUID = re.compile(r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$")
 # "<Object>/<15-character id>" inside an ordering or state key, followed by its end or ":".
 _KEYED_ID = re.compile(r"(?P<obj>[A-Za-z][A-Za-z0-9_]*)/(?P<id>[A-Za-z0-9]{15})(?=$|:)")
 
 
 def canonical_record_id(value: str) -> str:
-    """The canonical form of a record (or user) id."""
-    if is_salesforce_id(value):
-        return to_18(value)
-    if _GUID.match(value):
-        return str(uuid.UUID(value))
-    return value
+    """The canonical form of a record (or user) id: as the CRM whose id it is says (each CRM
+    connector's id scheme, plugin/registry.py); anything no CRM recognises, as it came."""
+    return canonical_id(value) or value
 
 
 def canonical_event(event: Event) -> Event:
     """The event with its record id and CRM-user actor in canonical form."""
     record_id = canonical_record_id(event.record_id) if event.record_id else event.record_id
     actor = event.actor
-    if actor and is_salesforce_id(actor):
-        actor = to_18(actor)
+    if actor:
+        actor = canonical_id(actor) or actor
     if record_id == event.record_id and actor == event.actor:
         return event
     return dataclasses.replace(event, record_id=record_id, actor=actor)
@@ -45,6 +40,6 @@ def canonical_key(key: str) -> str:
 
     def upgrade(match: re.Match[str]) -> str:
         found = match.group("id")
-        return f"{match.group('obj')}/{to_18(found) if is_salesforce_id(found) else found}"
+        return f"{match.group('obj')}/{canonical_id(found) or found}"
 
     return _KEYED_ID.sub(upgrade, key)

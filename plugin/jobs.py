@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from plugin.config import Config, import_setting
 from plugin.events import CrmWrite, Event, Notification
 from plugin.inbox import insert_events
-from plugin.outbox_rows import notification_row, write_row
+from plugin.outbox_rows import TargetOf, legacy_target, notification_row, write_row
 from plugin.storage import begin_write, is_postgres, jobs, outbox
 
 log = logging.getLogger(__name__)
@@ -49,19 +49,12 @@ class Job:
 
 def builtin_jobs(config: Config) -> list[Job]:
     """The jobs OnRecord ships, as far as the configuration enables them."""
+    from plugin import registry
     from plugin.provenance.log import sequencer_jobs
-    from plugin.writers import writer_kind
 
     found: list[Job] = list(sequencer_jobs(config))
-
-    if writer_kind(config) == "salesforce" and config.salesforce.poll_logins_interval_seconds > 0:
-        from connectors.salesforce.logins import login_poll_job
-
-        found.append(login_poll_job(config))
-    if writer_kind(config) == "salesforce" and config.directory.refresh_seconds > 0:
-        from connectors.salesforce.users import directory_job
-
-        found.append(directory_job(config))
+    for connector in registry.connectors():
+        found.extend(connector.jobs(config))
     if config.leaders.users or config.leaders.roles:
         from plugin.leaders.job import leaders_job
 
@@ -85,9 +78,16 @@ class JobRunner:
     """Runs due jobs under a per-job lease."""
 
     def __init__(
-        self, engine: Engine, jobs_: Sequence[Job], *, owner: str, lease_seconds: float = 300
+        self,
+        engine: Engine,
+        jobs_: Sequence[Job],
+        *,
+        owner: str,
+        lease_seconds: float = 300,
+        target_of: TargetOf = legacy_target,
     ) -> None:
         self.engine = engine
+        self.target_of = target_of  # which CRM each write goes to
         self.jobs = list(jobs_)
         self.owner = owner
         self.lease = timedelta(seconds=lease_seconds)
@@ -148,7 +148,7 @@ class JobRunner:
             if result is not None:
                 stored_at = datetime.now(UTC)
                 insert_events(conn, result.events, stored_at)
-                rows = [write_row(w, stored_at, stored_at) for w in result.writes]
+                rows = [write_row(w, stored_at, stored_at, None, self.target_of) for w in result.writes]
                 rows += [
                     notification_row(n, f"job/{job.name}", stored_at, stored_at) for n in result.notifications
                 ]

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, jsonify, request
 
+from plugin import registry
 from plugin.runtime import runtime
 
 TITLE: Final = "OnRecord"
@@ -960,4 +961,4 @@ def openapi_v2() -> Response:
 @blueprint.get("/openapi.json")
 def openapi_v3() -> Response:
     """OpenAPI 3.0, for Salesforce External Services."""
-    return jsonify(openapi3(_base_url(), runtime().config.power_automate.entra_tenant_id))
+    return jsonify(openapi3(_base_url(), registry.entra_tenant(runtime().config)))

@@ -29,11 +29,14 @@ def readyz() -> Response:
         checks["database"] = {"ok": True, "detail": rt.engine.dialect.name}
     except Exception as exc:  # any failure means not ready; say which
         checks["database"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"[:300]}
-    try:
-        ok, why = rt.writer.ready()  # building the writer can fail too (a bad key file): say so
-    except Exception as exc:
-        ok, why = False, f"{type(exc).__name__}: {exc}"[:300]
-    checks["crm"] = {"ok": ok, "detail": why, "writer": writer_kind(rt.config)}
+    # The primary CRM as "crm"; every other CRM something is governed in as "crm:<name>".
+    others = sorted({g.crm for g in rt.config.governed} - {rt.config.crm.primary})
+    for name, crm in [("crm", rt.config.crm.primary), *((f"crm:{c}", c) for c in others)]:
+        try:
+            ok, why = rt.writer_for(crm).ready()  # building the writer can fail too (a bad key file)
+        except Exception as exc:
+            ok, why = False, f"{type(exc).__name__}: {exc}"[:300]
+        checks[name] = {"ok": ok, "detail": why, "writer": writer_kind(rt.config, crm)}
     ready = all(c["ok"] for c in checks.values())
     resp = jsonify({"ready": ready, "checks": checks})
     resp.status_code = 200 if ready else 503

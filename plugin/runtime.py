@@ -23,18 +23,26 @@ class Runtime:
     committer: GroupCommitter
     # Per-app objects a connector builds once (e.g. the Entra ID verifiers with their key caches).
     extensions: dict[str, Any] = field(default_factory=dict)
-    _writer: CrmWriter | None = None
+    _writers: dict[str, CrmWriter] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def writer(self) -> CrmWriter:
-        """The configured CRM writer, built on first use."""
+        """The primary CRM's writer, built on first use."""
+        return self.writer_for(self.config.crm.primary)
+
+    def writer_for(self, crm: str) -> CrmWriter:
+        """One CRM's writer (its dry run when it has no credentials), built on first use."""
         with self._lock:
-            if self._writer is None:
+            if crm not in self._writers:
                 from plugin.writers import build_writer
 
-                self._writer = build_writer(self.config, self.engine)
-            return self._writer
+                self._writers[crm] = build_writer(self.config, self.engine, crm)
+            return self._writers[crm]
+
+    def crm_of(self, obj: str) -> str:
+        """The CRM a governed object lives in (the primary CRM for anything else)."""
+        return next((g.crm for g in self.config.governed if g.object == obj), self.config.crm.primary)
 
 
 def runtime() -> Runtime:

@@ -118,7 +118,8 @@ timers = sa.Table(
 )
 sa.Index("ix_timers_due", timers.c.due_at)
 
-# CRM writes (target "crm") and subscriber notifications (target "notification") waiting to go out.
+# CRM writes (target: the CRM, "salesforce" or "dataverse") and subscriber notifications (target
+# "notification") waiting to go out.
 outbox = sa.Table(
     "outbox",
     metadata,

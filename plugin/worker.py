@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from plugin import metrics
 from plugin.events import Event, Outcome
 from plugin.inbox import insert_events
-from plugin.outbox_rows import notification_row, write_row
+from plugin.outbox_rows import TargetOf, legacy_target, notification_row, write_row
 from plugin.rules import Rule, StateReader
 from plugin.storage import begin_write, facts, inbox, is_postgres, key_leases, outbox, rule_state, timers
 
@@ -127,8 +127,10 @@ class Worker:
         batch_size: int = 200,
         lease_seconds: float = 30.0,
         owner: str | None = None,
+        target_of: TargetOf = legacy_target,
     ) -> None:
         self.engine = engine
+        self.target_of = target_of  # which CRM each write goes to
         self.rules = list(rules)
         self.batch_size = batch_size
         self.lease = timedelta(seconds=lease_seconds)
@@ -214,7 +216,7 @@ class Worker:
                     continue
                 for rule_name, outcome in outcomes:
                     state.changes.update(outcome.state)
-                    staged.add(rule_name, outcome, event, now)
+                    staged.add(rule_name, outcome, event, now, self.target_of)
                 done.append(row.id)
         with begin_write(self.engine) as conn:
             kept = conn.execute(
@@ -327,8 +329,10 @@ class _Staged:
         self.timers: list[dict[str, Any]] = []
         self.facts: dict[tuple[str, str], dict[str, Any]] = {}  # the last word on each fact wins
 
-    def add(self, rule_name: str, outcome: Outcome, event: Event, now: datetime) -> None:
-        self.outbox += [write_row(w, event.occurred_at, now, event.inbox_id) for w in outcome.writes]
+    def add(self, rule_name: str, outcome: Outcome, event: Event, now: datetime, target_of: TargetOf) -> None:
+        self.outbox += [
+            write_row(w, event.occurred_at, now, event.inbox_id, target_of) for w in outcome.writes
+        ]
         self.outbox += [
             notification_row(n, event.ordering_key, event.occurred_at, now, event.inbox_id)
             for n in outcome.notifications

@@ -4,13 +4,13 @@ user), and how Dataverse's webhook authenticates to OnRecord."""
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+from plugin.settings import GUID as _GUID
+from plugin.settings import Section, secret_list
 
 # How the webhook registration (Plug-in Registration Tool, "Register New Web Hook") authenticates:
 # "WebhookKey" appends ?code=<key>; "HttpHeader" sends configured header(s); "HttpQueryString"
@@ -28,9 +28,7 @@ def _https(v: str, *, what: str) -> str:
     return v
 
 
-class DataverseConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class DataverseConfig(Section):
     # The environment's URL, as Power Platform admin center shows it: https://contoso.crm4.dynamics.com
     url: str = ""
     # The Entra app registration OnRecord signs in with (client credentials), and its tenant.
@@ -42,8 +40,15 @@ class DataverseConfig(BaseModel):
     timeout_seconds: float = Field(30.0, gt=0, le=600)
     # The application user's systemuserid: changes made by it are OnRecord's own, never judged.
     application_user_id: str = ""
+    # The environment's organization id: a webhook body from any other (a sandbox copied from
+    # production keeps the webhook and its key) is refused with 403. Empty: not checked.
+    organization_id: str = ""
     # The publisher prefix of OnRecord's columns and tables (onr_approval, onr_violation, ...).
     publisher_prefix: str = Field("onr", pattern=r"^[a-z][a-z0-9]{1,7}$")
+    # The unmanaged solution `provision` adds OnRecord's tables and columns to (its unique name,
+    # sent as MSCRM.SolutionUniqueName; its publisher must own publisher_prefix). Empty: the
+    # environment's default solution.
+    solution: str = Field("", pattern=r"^([A-Za-z_][A-Za-z0-9_]{0,64})?$")
     # Requests per $batch (Dataverse allows at most 1000).
     max_batch: int = Field(200, ge=1, le=1000)
     # How the webhook authenticates, and the header or query parameter name carrying the key
@@ -66,7 +71,7 @@ class DataverseConfig(BaseModel):
     def _authority(cls, v: str) -> str:
         return _https(v, what="authority_host")
 
-    @field_validator("tenant_id", "client_id", "application_user_id")
+    @field_validator("tenant_id", "client_id", "application_user_id", "organization_id")
     @classmethod
     def _guid(cls, v: str) -> str:
         v = v.strip()
@@ -77,17 +82,13 @@ class DataverseConfig(BaseModel):
     @field_validator("webhook_key", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
-        from plugin.config import _secret_list
-
-        return _secret_list(v)
+        return secret_list(v)
 
     @field_validator("webhook_key")
     @classmethod
     def _long_enough(cls, v: list[str]) -> list[str]:
         if any(len(k) < 24 for k in v):
-            raise ValueError(
-                "each key must be at least 24 characters (`python -m plugin init` makes one)"
-            )
+            raise ValueError("each key must be at least 24 characters (`python -m plugin init` makes one)")
         return v
 
     def configured(self) -> bool:

@@ -19,7 +19,9 @@ _lock = threading.Lock()
 
 def entra_settings(config: Config, *, role: str = "") -> EntraSettings | None:
     """The configured Entra ID settings (with `role` instead of the configured one), or None."""
-    pa = config.power_automate
+    from connectors.power_automate.connector import settings as pa_settings
+
+    pa = pa_settings(config)
     if not pa.entra_tenant_id:
         return None
     settings = EntraSettings(

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from connectors.power_automate import payloads
 from connectors.power_automate.auth import entra_settings, entra_verifier
+from connectors.power_automate.connector import settings as pa_settings
 from connectors.power_automate.entra import API_KEY_HEADER, ApiKeyVerifier, AuthRejected
 from plugin.receive import Incoming, Parsed, Rejected, Reply, Source, json_ack, json_refusal
 
@@ -21,7 +22,7 @@ PayloadParser = Callable[..., payloads.Parsed]
 def authenticate(incoming: Incoming) -> str:
     """The flow's identity: ``entra:<tenant>/<app id>`` or ``api_key:<n>``."""
     config = incoming.runtime.config
-    pa = config.power_automate
+    pa = pa_settings(config)
     entra = entra_settings(config) if "entra" in pa.auth_modes else None
     keys = pa.api_key if "api_key" in pa.auth_modes else []
     if entra is None and not keys:

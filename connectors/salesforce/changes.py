@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from connectors.salesforce.connector import settings as sf_settings
 from connectors.salesforce.ids import same_id
 from plugin.config import Config
 from plugin.events import Event
@@ -17,9 +18,11 @@ from plugin.rules.signals import CAMPAIGN_MEMBER, is_training_campaign
 
 def why_ignored(event: Event, config: Config) -> str | None:
     """The reason a change is acknowledged and ignored, or None to take it in."""
-    if event.object not in {g.object for g in config.governed} and not _training_member(event, config):
+    if event.object not in {
+        g.object for g in config.governed if g.crm == "salesforce"
+    } and not _training_member(event, config):
         return "not_governed"
-    own_user = config.salesforce.integration_user_id
+    own_user = sf_settings(config).integration_user_id
     if own_user and event.actor and same_id(event.actor, own_user):
         return "own_change"  # OnRecord's own write-back: never loop on it
     return None

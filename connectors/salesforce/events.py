@@ -47,6 +47,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from connectors.salesforce.changes import take_in
+from connectors.salesforce.connector import settings as sf_settings
 from connectors.salesforce.ids import is_salesforce_id, same_id, to_18
 from plugin import signatures, strict_json
 from plugin.events import Event
@@ -87,7 +88,7 @@ _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 
 def authenticate(incoming: Incoming) -> str:
     """Standard Webhooks signature over the raw body, with the configured secret(s)."""
-    cfg = incoming.runtime.config.salesforce
+    cfg = sf_settings(incoming.runtime.config)
     if not cfg.events_secret:
         raise Rejected(503, "not_configured", "no signing secret configured for this source")
     try:
@@ -120,11 +121,11 @@ def parse(incoming: Incoming, sender: str) -> Parsed:
     else:
         items, delivery_ids = [body], [webhook_id]
     rt = incoming.runtime
-    org_id = rt.config.salesforce.org_id
+    org_id = sf_settings(rt.config).org_id
     handled: list[Event] = []
     ignored: dict[str, int] = {}
     activities: list[Event] = []
-    own_user = rt.config.salesforce.integration_user_id
+    own_user = sf_settings(rt.config).integration_user_id
     for position, (item, delivery_id) in enumerate(zip(items, delivery_ids, strict=True)):
         where = f"events[{position}]" if "events" in body else "event"
         kind = item.get("type") if isinstance(item, dict) else None

@@ -32,25 +32,16 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from connectors.salesforce.connector import INTERACTIVE_LOGIN_TYPES, LOGIN_SOURCE, settings
 from connectors.salesforce.ids import is_salesforce_id, same_id
 from plugin.config import Config
 from plugin.events import Event
 from plugin.jobs import Job, JobRun, JobRunner
 
 JOB_NAME = "salesforce.logins"
-SOURCE = "salesforce.logins"
+SOURCE = LOGIN_SOURCE
 FIELDS = ("Id", "UserId", "LoginTime", "LoginType", "Application", "Platform", "SourceIp", "Status")
 
-# LoginType values of a person logging in to the UI (see the module docstring).
-INTERACTIVE_LOGIN_TYPES = (
-    "Application",
-    "SAML Idp Initiated SSO",
-    "SAML Sfdc Initiated SSO",
-    "Third Party SSO",
-    "Lightning Login",
-    "Passwordless Login",
-    "Remote Access Client",
-)
 SUCCESS = "Success"
 OVERLAP = timedelta(minutes=5)  # LoginHistory rows can appear a little after their LoginTime
 FIRST_LOOKBACK = timedelta(days=1)  # the first run (no watermark yet) starts this far back
@@ -156,7 +147,7 @@ def login_poll_job(config: Config) -> Job:
                 writer.append(build_salesforce_writer(config))
         return writer[0].query(soql)
 
-    sf = config.salesforce
+    sf = settings(config)
     poller = LoginPoller(query, org_id=sf.org_id, integration_user_id=sf.integration_user_id)
     interval = sf.poll_logins_interval_seconds or 300.0  # 0: not scheduled, but `poll logins` works
     return Job(name=JOB_NAME, interval_seconds=interval, run=poller.run)

@@ -18,6 +18,8 @@ import re
 from pathlib import Path
 
 from connectors.salesforce.changes import take_in
+from connectors.salesforce.config import SalesforceConfig
+from connectors.salesforce.connector import settings as sf_settings
 from connectors.salesforce.outbound import (
     SOURCE,
     OutboundRejected,
@@ -29,7 +31,7 @@ from connectors.salesforce.outbound import (
     preload_wsdls,
     to_events,
 )
-from plugin.config import Config, SalesforceConfig
+from plugin.config import Config
 from plugin.inbox import StoreResult
 from plugin.receive import Incoming, Parsed, Rejected, Reply, Source
 
@@ -54,7 +56,7 @@ def wsdl_paths(patterns: tuple[str, ...]) -> tuple[Path, ...]:
 
 def preload(config: Config) -> None:
     """Load the WSDLs when the app is built (each gunicorn worker), not on the first message."""
-    paths = wsdl_paths(tuple(config.salesforce.outbound_wsdls))
+    paths = wsdl_paths(tuple(sf_settings(config).outbound_wsdls))
     try:
         objects = preload_wsdls(paths)
     except OutboundWsdlError as exc:  # messages get a server fault (Salesforce retries) until fixed
@@ -100,7 +102,7 @@ def _client_certificate(incoming: Incoming, cfg: SalesforceConfig) -> str:
 
 def authenticate(incoming: Incoming) -> str:
     """The URL token (and the client certificate, when configured); fails closed unconfigured."""
-    cfg = incoming.runtime.config.salesforce
+    cfg = sf_settings(incoming.runtime.config)
     if not cfg.outbound_token:
         raise Rejected(503, "not_configured", "no outbound token configured; every message is refused")
     _configured_org(cfg)
@@ -120,14 +122,14 @@ def parse(incoming: Incoming, sender: str) -> Parsed:
     try:
         msg = parse_outbound(
             incoming.body,
-            wsdl_paths=wsdl_paths(tuple(config.salesforce.outbound_wsdls)),
+            wsdl_paths=wsdl_paths(tuple(sf_settings(config).outbound_wsdls)),
             max_bytes=config.server.max_body_bytes,
         )
     except OutboundRejected as exc:
         raise Rejected(413 if exc.reason == "too_large" else 400, exc.reason, exc.message) from exc
     except OutboundWsdlError as exc:
         raise Rejected(500, "wsdl_error", str(exc)) from exc
-    if msg.organization_id != _configured_org(config.salesforce):
+    if msg.organization_id != _configured_org(sf_settings(config)):
         raise Rejected(403, "wrong_org", "OrganizationId is not the configured organization")
     ignored: dict[str, int] = {}
     received = to_events(msg, raw_digest=incoming.digest, sender=f"{msg.organization_id} {sender}")

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from lxml import etree
 
 from connectors.salesforce.auth import jwt_audience
+from connectors.salesforce.connector import settings as sf_settings
 from connectors.salesforce.ids import is_salesforce_id, to_18
 from plugin.config import SIGNAL_KINDS, Config, GovernedObject, ProvenanceConfig
 
@@ -890,8 +891,8 @@ def _package_xml(members: Mapping[str, Sequence[str]], api_version: str) -> byte
 
 def build_package(config: Config) -> dict[str, bytes]:
     """Every file of the package, by its path inside the package."""
-    own_user = config.salesforce.integration_user_id
-    approval_governed = [g for g in config.governed if g.approval_field]
+    own_user = sf_settings(config).integration_user_id
+    approval_governed = [g for g in config.governed if g.approval_field and g.crm == "salesforce"]
     if approval_governed and not is_salesforce_id(own_user):
         raise PackageError(
             "salesforce.integration_user_id must be OnRecord's integration user id: the approval "
@@ -905,7 +906,7 @@ def build_package(config: Config) -> dict[str, bytes]:
         "ValidationRule": [],
     }
     all_fields: list[str] = []
-    for governed in config.governed:
+    for governed in (g for g in config.governed if g.crm == "salesforce"):
         if governed.object in (LEADER_SIGNAL, VIOLATION, CONFIG_STATUS):
             raise PackageError(f"governed: {governed.object} is OnRecord's own object, not one it governs")
         obj = _el("CustomObject")
@@ -978,7 +979,7 @@ def build_package(config: Config) -> dict[str, bytes]:
     members["ReportType"] = [REPORT_TYPE]
     members["Report"] = [ANALYTICS_FOLDER, f"{ANALYTICS_FOLDER}/{BUY_IN}"]
     members["Dashboard"] = [ANALYTICS_FOLDER, f"{ANALYTICS_FOLDER}/{BUY_IN}"]
-    files["package.xml"] = _package_xml(members, config.salesforce.api_version)
+    files["package.xml"] = _package_xml(members, sf_settings(config).api_version)
     return files
 
 

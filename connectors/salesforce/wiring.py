@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from connectors.salesforce.connector import settings as sf_settings
 from connectors.salesforce.writer import SalesforceWriter, SalesforceWriterSettings
 from plugin.config import Config
 
 
 def writer_settings(config: Config) -> SalesforceWriterSettings:
     """The writer's settings, from the [salesforce] section and its secrets."""
-    sf = config.salesforce
+    sf = sf_settings(config)
     return SalesforceWriterSettings(
         login_url=sf.login_url,
         client_id=sf.client_id,

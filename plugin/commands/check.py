@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
-from plugin import migrate
+from plugin import migrate, registry
 from plugin.config import Config, env_name
 from plugin.rules import load_rules
 from plugin.storage import get_engine
@@ -34,11 +35,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     except Exception as exc:
         results.append((False, f"worker.rules: {exc}"))
     results += _sources(config)
-    try:
-        ok, why = build_writer(config, engine).ready()
-        results.append((ok, f"CRM writer {writer_kind(config)}: {why}"))
-    except Exception as exc:
-        results.append((False, f"CRM writer {writer_kind(config)}: {type(exc).__name__}: {exc}"))
+    results += _writers(config, engine)
     for state, line in results:
         print(f"{_MARK[state]} {line}")
     return 0 if all(state is not False for state, _ in results) else 1
@@ -48,53 +45,20 @@ def run(args: argparse.Namespace, config: Config) -> int:
 _MARK = {True: "ok  ", None: "off ", False: "FAIL"}
 
 
-def _wsdls(config: Config) -> tuple[bool | None, str]:
-    """The outbound message WSDLs load (a broken one makes every message a server fault)."""
-    from connectors.salesforce.outbound import OutboundWsdlError, preload_wsdls
-    from connectors.salesforce.outbound_view import wsdl_paths
-
-    paths = wsdl_paths(tuple(config.salesforce.outbound_wsdls))
-    if not paths:
-        return None, "outbound message WSDLs: none (fields of outbound messages arrive as text)"
-    try:
-        objects = preload_wsdls(paths)
-    except OutboundWsdlError as exc:
-        return False, f"outbound message WSDLs: {exc}"
-    return True, f"outbound message WSDLs: {len(paths)} file(s), typing {', '.join(objects) or 'no object'}"
+def secret_line(section: str, key: str, what: str, value: object) -> tuple[bool | None, str]:
+    """A sender's secret: set, or not set (so that sender is refused: fail closed)."""
+    if value:
+        return True, f"{what}: {section}.{key} is set"
+    return None, f"{what}: {section}.{key} is not set ({env_name(section, key)}), so it refuses all"
 
 
 def _sources(config: Config) -> list[tuple[bool | None, str]]:
     """Which senders can reach OnRecord; an unconfigured one refuses everything (fail closed)."""
-    sf, pa, api = config.salesforce, config.power_automate, config.api
     lines: list[tuple[bool | None, str]] = []
-
-    def secret(section: str, key: str, what: str, value: object) -> None:
-        if value:
-            lines.append((True, f"{what}: {section}.{key} is set"))
-        else:
-            lines.append(
-                (None, f"{what}: {section}.{key} is not set ({env_name(section, key)}), so it refuses all")
-            )
-
-    secret("salesforce", "events_secret", "POST /hooks/salesforce/events", sf.events_secret)
-    secret("salesforce", "outbound_token", "POST /hooks/salesforce/outbound", sf.outbound_token)
-    lines.append(_wsdls(config))
-    if sf.outbound_token and not sf.org_id:
-        lines.append(
-            (None, "POST /hooks/salesforce/outbound: salesforce.org_id is not set, so it refuses all")
-        )
-    modes = []
-    if "entra" in pa.auth_modes and pa.entra_tenant_id:
-        modes.append(f"Entra ID tenant {pa.entra_tenant_id}")
-    if "api_key" in pa.auth_modes and pa.api_key:
-        modes.append(f"{len(pa.api_key)} API key(s)")
-    if modes:
-        lines.append((True, f"POST /hooks/power-automate/*: {', '.join(modes)}"))
-    else:
-        lines.append(
-            (None, "POST /hooks/power-automate/*: no Entra ID tenant or API key configured, refuses all")
-        )
-    secret("api", "tokens", "/api/*", api.tokens)
+    for connector in registry.connectors():
+        lines += connector.checks(config)
+    api = config.api
+    lines.append(secret_line("api", "tokens", "/api/*", api.tokens))
     if api.tokens and not api.callback_key:
         lines.append(
             (False, f"api.callback_key is not set ({env_name('api', 'callback_key')}): no subscriptions")
@@ -106,4 +70,20 @@ def _sources(config: Config) -> list[tuple[bool | None, str]]:
         lines.append(
             (None, "no governed objects ([[governed]]): record changes are acknowledged and ignored")
         )
+    return lines
+
+
+def _writers(config: Config, engine: Engine) -> list[tuple[bool | None, str]]:
+    """Each CRM's writer: the primary CRM's always, another's when something is governed in it."""
+    lines: list[tuple[bool | None, str]] = []
+    used = {config.crm.primary, *(g.crm for g in config.governed)}
+    for crm in registry.crm_names():
+        if crm not in used:
+            continue
+        label = "CRM writer" if crm == config.crm.primary else f"CRM writer ({crm})"
+        try:
+            ok, why = build_writer(config, engine, crm).ready()
+            lines.append((ok, f"{label} {writer_kind(config, crm)}: {why}"))
+        except Exception as exc:
+            lines.append((False, f"{label} {writer_kind(config, crm)}: {type(exc).__name__}: {exc}"))
     return lines

@@ -1,6 +1,6 @@
 """`directory`: everyone the people directory knows (name, e-mails, ids, groups).
 
-`--refresh` first reads Salesforce's users and public groups, now, as the worker's scheduled job
+`--refresh` first reads the CRM's users (Salesforce: and public groups), now, as the worker's scheduled job
 does; `--json` prints one JSON document instead of the table.
 """
 
@@ -11,7 +11,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from plugin import logs, migrate
+from plugin import logs, migrate, registry
 from plugin.cli import print_json
 from plugin.config import Config
 from plugin.crm import CrmError
@@ -19,27 +19,29 @@ from plugin.directory import Person
 from plugin.directory_store import load_directory, stored_people
 from plugin.storage import get_engine
 from plugin.worker import worker_id
-from plugin.writers import writer_kind
+from plugin.writers import writes_for_real
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
     """Refresh if asked, then list the directory."""
     engine = get_engine(config.storage.url)
     refreshed: dict[str, Any] | None = None
+    crm = getattr(args, "crm", None) or config.crm.primary
     if args.refresh:
-        if writer_kind(config) != "salesforce":
+        side = registry.crm_side(crm)
+        if side.refresh_directory is None:
+            print(f"directory --refresh: the {crm} connector reads no users", file=sys.stderr)
+            return 2
+        if not writes_for_real(config, crm):
             print(
-                "directory --refresh needs the Salesforce connection: set salesforce.client_id and, for "
-                "auth = jwt, salesforce.username and salesforce.private_key_file (or crm.kind = salesforce)",
+                f"directory --refresh needs the {crm} connection: set {side.needs} (or crm.kind = {crm})",
                 file=sys.stderr,
             )
             return 2
         logs.configure(config)
-        from connectors.salesforce.users import refresh_directory_now
-
         migrate.upgrade(engine)
         try:
-            result = refresh_directory_now(config, engine, owner=worker_id(), now=datetime.now(UTC))
+            result = side.refresh_directory(config, engine, worker_id(), datetime.now(UTC))
         except (CrmError, RuntimeError) as exc:
             print(f"directory refresh failed: {exc}", file=sys.stderr)
             return 1
@@ -61,9 +63,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
         )
         return 0
     if refreshed is not None:
+        groups = f"{refreshed['groups']} public groups " if "groups" in refreshed else ""
         print(
-            f"refreshed from Salesforce: {refreshed.get('users', 0)} users, "
-            f"{refreshed.get('groups', 0)} public groups ({refreshed.get('added', 0)} added, "
+            f"refreshed from {crm.replace('_', ' ').title()}: {refreshed.get('users', 0)} users, "
+            f"{groups}({refreshed.get('added', 0)} added, "
             f"{refreshed.get('updated', 0)} updated, {refreshed.get('removed', 0)} removed)"
         )
     people = _ordered(directory.people)

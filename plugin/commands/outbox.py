@@ -49,7 +49,8 @@ def run_outbox(args: argparse.Namespace, config: Config) -> int:
             print(f"\n{status}:")
         for r in rows:
             when = r["sent_at"] if status == "sent" else r["next_attempt_at"]
-            line = f"  {r['id']:>8} {r['operation']:<7} {r['object']}/{r['record_key']}"
+            # target: the CRM the write goes to ("salesforce", "dataverse"), or "notification"
+            line = f"  {r['id']:>8} {r['target']:<12} {r['operation']:<7} {r['object']}/{r['record_key']}"
             line += f" fields={sorted(r['payload'])}"
             line += f" attempts={r['attempts']} {when:%Y-%m-%d %H:%M:%S}"
             if r["last_error"]:

@@ -13,15 +13,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from connectors.power_automate.subscriptions import build_notifier
-from plugin import logs, migrate
+from sqlalchemy.engine import Engine
+
+from plugin import logs, migrate, registry
 from plugin.config import Config
-from plugin.dispatch import Dispatcher
+from plugin.dispatch import Dispatcher, Notifier, no_subscribers
 from plugin.jobs import JobRunner, load_jobs
 from plugin.rules import load_rules
 from plugin.storage import get_engine
 from plugin.worker import LeaseLost, Worker, worker_id
-from plugin.writers import build_writer
+from plugin.writers import build_writer, build_writers, target_resolver
 
 log = logging.getLogger("plugin.worker")
 
@@ -32,8 +33,14 @@ def build(config: Config) -> tuple[Worker, Dispatcher, JobRunner]:
     migrate.upgrade(engine)
     owner = worker_id()
     w = config.worker
+    target_of = target_resolver(config)
     worker = Worker(
-        engine, load_rules(config), batch_size=w.batch_size, lease_seconds=w.lease_seconds, owner=owner
+        engine,
+        load_rules(config),
+        batch_size=w.batch_size,
+        lease_seconds=w.lease_seconds,
+        owner=owner,
+        target_of=target_of,
     )
     d = config.dispatch
     dispatcher = Dispatcher(
@@ -46,9 +53,18 @@ def build(config: Config) -> tuple[Worker, Dispatcher, JobRunner]:
         backoff_base_seconds=d.backoff_base_seconds,
         backoff_max_seconds=d.backoff_max_seconds,
         lease_seconds=d.lease_seconds,
-        notifier=build_notifier(config, engine),
+        notifier=_notifier(config, engine),
+        writers=build_writers(config, engine),
     )
-    return worker, dispatcher, JobRunner(engine, load_jobs(config), owner=owner)
+    return worker, dispatcher, JobRunner(engine, load_jobs(config), owner=owner, target_of=target_of)
+
+
+def _notifier(config: Config, engine: Engine) -> Notifier:
+    """The connector that delivers notifications (Power Automate's subscriptions), if any."""
+    for connector in registry.connectors():
+        if connector.notifier is not None:
+            return connector.notifier(config, engine)
+    return no_subscribers
 
 
 def run(args: argparse.Namespace, config: Config) -> int:

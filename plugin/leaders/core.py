@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from connectors.salesforce.ids import is_salesforce_id, to_18
 from plugin.config import SIGNAL_KINDS, Config, LeadersConfig
 from plugin.directory import Directory, Person, identifier_key
 from plugin.leaders.periods import Period, PeriodKind, last_periods, period_of, previous_period
+from plugin.registry import canonical_id, own_users
 
 OFF_SYSTEM = "off_system_approval"
 _SLOT = {kind: i for i, kind in enumerate(SIGNAL_KINDS)}
@@ -111,7 +111,7 @@ class PeriodSignals:
 
 def _crm_id(value: str) -> str:
     value = value.strip()
-    return to_18(value) if is_salesforce_id(value) else value
+    return canonical_id(value) or value
 
 
 def _unique(values: Iterable[str]) -> tuple[str, ...]:
@@ -124,7 +124,7 @@ def _unique(values: Iterable[str]) -> tuple[str, ...]:
 
 def never_leaders(config: Config) -> list[str]:
     """Who never counts as a leader: the integration user and every policy's status writers."""
-    entries = [config.salesforce.integration_user_id]
+    entries = list(own_users(config))
     entries += [writer for governed in config.governed for writer in governed.status_writers]
     return [e.strip() for e in entries if e.strip()]
 

@@ -30,6 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from plugin import registry
 from plugin.config import Config
 from plugin.events import CrmWrite, Notification
 from plugin.jobs import Job, JobRun
@@ -74,11 +75,16 @@ def record_key(leader: Leader, period: Period) -> str:
     return f"{leader.key}:{period.name}"
 
 
-def signal_fields(signals: LeaderSignals, period: Period, weights_version: str) -> dict[str, Any]:
-    """The fields of one OnRecord_Leader_Signal__c."""
+def signal_fields(
+    signals: LeaderSignals, period: Period, weights_version: str, crm: str = "salesforce"
+) -> dict[str, Any]:
+    """The fields of one OnRecord_Leader_Signal__c, written to `crm` (the leader lookup names one
+    of that CRM's users: a leader may be known in two CRMs)."""
     fields: dict[str, Any] = {}
-    if signals.leader.salesforce_id:
-        fields["OnRecord_Leader__c"] = signals.leader.salesforce_id
+    leader = signals.leader
+    user = registry.crm_user_id(crm, [leader.salesforce_id, *leader.identifiers])
+    if user:
+        fields["OnRecord_Leader__c"] = user
     fields["OnRecord_Period__c"] = period.name
     fields["OnRecord_Period_Start__c"] = period.start.date().isoformat()
     for kind, name in COUNT_FIELDS.items():
@@ -159,7 +165,7 @@ class LeaderAggregation:
             period = signals.period
             for one in signals.leaders:
                 key = record_key(one.leader, period)
-                fields = signal_fields(one, period, signals.weights_version)
+                fields = signal_fields(one, period, signals.weights_version, self.config.crm.primary)
                 digest = _digest(fields)
                 if digests.get(key) != digest:
                     writes.append(CrmWrite(OBJECT, fields, external_id_field=KEY_FIELD, external_id=key))

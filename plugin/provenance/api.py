@@ -210,7 +210,8 @@ def _judge(rt: Runtime, loaded: LoadedChain, body: Mapping[str, Any]) -> Verdict
     live: dict[str, Any] | None = None
     if loaded.check.verified:
         try:
-            live = rt.writer.read_fields(body["object"], body["id"], [body["field"]])
+            writer = rt.writer_for(rt.crm_of(body["object"]))
+            live = writer.read_fields(body["object"], body["id"], [body["field"]])
         except CrmError:
             live = None  # the CRM cannot be asked now: judge by the signed record alone
     return verdict(loaded.check, body["object"], body["id"], body["field"], body["value"], live)

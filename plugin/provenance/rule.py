@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from plugin import registry
 from plugin.config import Config
 from plugin.directory import Directory
 from plugin.events import CrmWrite, Event, Fact, Outcome
 from plugin.provenance.canonical import tracked_values, values_digest
-from plugin.provenance.channels import Attribution, FormRef, classify, is_one_of, same_user
+from plugin.provenance.channels import Attribution, FormRef, classify, is_one_of
 from plugin.provenance.dsse import sign_envelope
 from plugin.provenance.keys import KeyStore, SigningKey
 from plugin.provenance.statement import iso, payload_of, record_statement, statement_digest
@@ -80,6 +81,7 @@ class Settings:
 
     governed: Mapping[str, tuple[str, ...]]  # object -> tracked fields
     integration_user: str = ""
+    own_users: tuple[str, ...] = ()  # every CRM's integration / application user
     api_users: tuple[str, ...] = ()
     import_users: tuple[str, ...] = ()
     window: timedelta = timedelta(minutes=10)
@@ -98,7 +100,8 @@ class Settings:
                 g.object: tuple(f for f in g.fields if f not in own and not f.startswith("OnRecord_"))
                 for g in config.governed
             },
-            integration_user=config.salesforce.integration_user_id,
+            integration_user=registry.primary_own_user(config),
+            own_users=registry.own_users(config),
             api_users=tuple(p.api_user_ids),
             import_users=tuple(p.import_user_ids),
             window=timedelta(seconds=p.form_window_seconds),
@@ -195,7 +198,8 @@ def record_changed(
     obj, record_id = event.object, event.record_id
     if obj is None or record_id is None or obj not in settings.governed:
         return Outcome()
-    if settings.integration_user and event.actor and same_user(event.actor, settings.integration_user):
+    own = [u for u in (settings.integration_user, *settings.own_users) if u]
+    if event.actor and is_one_of(event.actor, own):
         return Outcome()
     fields: Mapping[str, Any] = event.data.get("fields") or {}
     present = tracked_values(fields, list(settings.governed[obj]))

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from plugin import metrics
+from plugin import metrics, registry
 from plugin.config import Config, GovernedObject
 from plugin.directory import Directory
 from plugin.events import CrmWrite, Event, Fact, Notification, Outcome, Timer
-from plugin.provenance.channels import same_user
+from plugin.provenance.channels import is_one_of
 from plugin.provenance.statement import iso
 from plugin.rules import Rule, StateReader
 from plugin.rules.chain import (
@@ -73,13 +73,15 @@ class Settings:
 
     policies: Mapping[str, GovernedObject]  # object -> its approval policy
     integration_user: str = ""
+    own_users: tuple[str, ...] = ()  # every CRM's integration / application user
 
     @classmethod
     def from_config(cls, config: Config) -> Settings:
         """The approval-governed objects of a configuration."""
         return cls(
             policies={g.object: g for g in config.governed if g.approval_field and g.stages},
-            integration_user=config.salesforce.integration_user_id,
+            integration_user=registry.primary_own_user(config),
+            own_users=registry.own_users(config),
         )
 
 
@@ -151,7 +153,8 @@ def judge_event(
     elif event.kind == "approval.decided":
         record.add_decision(event)
     elif event.kind == "record.changed":
-        if settings.integration_user and event.actor and same_user(event.actor, settings.integration_user):
+        own = [u for u in (settings.integration_user, *settings.own_users) if u]
+        if event.actor and is_one_of(event.actor, own):
             return Outcome()  # OnRecord's own write: never judged
         if not record.saw_change(event):
             return record.outcome(key)
@@ -440,9 +443,8 @@ class _Record:
             "OnRecord_Detail__c": note,
             "OnRecord_Verdict__c": "Withdrawn" if action.startswith("Withdrawn") else "Blocked",
         }
-        crm_id = (
-            next(iter(person.crm_ids), None) if person else (actor if _looks_like_user_id(actor) else None)
-        )
+        # a user id of the CRM the violation is written to (a person may be known in two CRMs)
+        crm_id = registry.crm_user_id(self.policy.crm, list(person.crm_ids) if person else [str(actor or "")])
         if crm_id:
             fields["OnRecord_Actor__c"] = crm_id
         self.result.writes.append(
@@ -451,6 +453,7 @@ class _Record:
                 fields=fields,
                 external_id_field=KEY_FIELD,
                 external_id=violation_key(self.obj, self.record_id, change["id"]),
+                crm=self.policy.crm,  # the violation lives beside the record it is about
             )
         )
 
@@ -489,10 +492,6 @@ class _Record:
         if self.marker is not None:
             self.result.state[set_marker_key(self.obj, self.record_id)] = self.marker
         return self.result
-
-
-def _looks_like_user_id(value: Any) -> bool:
-    return isinstance(value, str) and len(value) in (15, 18) and value.isalnum() and value.startswith("005")
 
 
 def violation_key(obj: str, record_id: str, change_id: str) -> str:

@@ -35,17 +35,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from connectors.salesforce.ids import is_salesforce_id, same_id
-from connectors.salesforce.logins import INTERACTIVE_LOGIN_TYPES
-from connectors.salesforce.logins import SOURCE as LOGIN_SOURCE
+from plugin import registry
 from plugin.config import Config
 from plugin.events import Event, Fact, Outcome
 from plugin.identity import canonical_record_id
-from plugin.provenance.channels import same_user
+from plugin.provenance.channels import is_one_of
 from plugin.rules import Rule, StateReader
 
 RULE = "signals"
@@ -68,13 +66,17 @@ class Settings:
 
     integration_user: str = ""
     training_campaigns: tuple[str, ...] = ()
+    own_users: tuple[str, ...] = ()  # every CRM's integration / application user
+    # user.activity sources whose login_type values are a person's interactive login (per CRM)
+    login_types: Mapping[str, frozenset[str]] = field(default_factory=registry.login_types)
 
     @classmethod
     def from_config(cls, config: Config) -> Settings:
         """The settings of a configuration."""
         return cls(
-            integration_user=config.salesforce.integration_user_id,
             training_campaigns=tuple(config.leaders.training_campaigns),
+            integration_user=registry.primary_own_user(config),
+            own_users=registry.own_users(config),
         )
 
 
@@ -107,14 +109,17 @@ def fact_key(source: str, delivery_id: str) -> str:
 
 def is_training_campaign(campaign_id: Any, campaigns: tuple[str, ...] | list[str]) -> bool:
     """Whether a CampaignMember's CampaignId is one of the training campaigns (15/18 characters)."""
-    return isinstance(campaign_id, str) and any(same_id(campaign_id, c) for c in campaigns)
+    if not isinstance(campaign_id, str):
+        return False
+    key = registry.id_match_key(campaign_id)
+    return key is not None and any(registry.id_match_key(c) == key for c in campaigns)
 
 
 def signal_facts(event: Event, state: StateReader, settings: Settings) -> Outcome:
     """The facts one event gives (none for an event that is no signal)."""
     if event.kind == "record.changed":
         return _campaign_member(event, state, settings)
-    found = _signal(event)
+    found = _signal(event, settings)
     if found is None:
         return Outcome()
     kind, who, data = found
@@ -131,7 +136,7 @@ def signal_facts(event: Event, state: StateReader, settings: Settings) -> Outcom
     return Outcome(facts=[fact])
 
 
-def _signal(event: Event) -> tuple[str, Any, dict[str, Any]] | None:
+def _signal(event: Event, settings: Settings) -> tuple[str, Any, dict[str, Any]] | None:
     """(fact kind, who, data) of an activity, training or citation event; None for anything else."""
     data = event.data
     if event.kind == "training.attended":
@@ -147,7 +152,7 @@ def _signal(event: Event) -> tuple[str, Any, dict[str, Any]] | None:
         return None
     if activity == "login":
         # Only the poller's logins, which are successful interactive ones; checked again here.
-        if event.source != LOGIN_SOURCE or data.get("login_type") not in INTERACTIVE_LOGIN_TYPES:
+        if data.get("login_type") not in settings.login_types.get(event.source, ()):
             return None
         return (
             "login",
@@ -219,7 +224,7 @@ def _person(value: Any) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None
     value = value.strip()
-    if is_salesforce_id(value):
+    if registry.canonical_id(value) is not None:
         value = canonical_record_id(value)
     elif "@" in value:
         value = value.lower()
@@ -227,7 +232,7 @@ def _person(value: Any) -> str | None:
 
 
 def _is_integration_user(person: str, settings: Settings) -> bool:
-    return bool(settings.integration_user) and same_user(person, settings.integration_user)
+    return is_one_of(person, [u for u in (settings.integration_user, *settings.own_users) if u])
 
 
 __all__ = [

@@ -46,6 +46,8 @@ import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from connectors.power_automate.connector import settings as pa_settings
+from connectors.salesforce.connector import settings as sf_settings
 from connectors.salesforce.ids import is_salesforce_id, to_18
 from plugin.config import SIGNAL_KINDS, Config, GovernedObject
 from plugin.directory import Directory, Person, identifier_key
@@ -215,13 +217,13 @@ class Demo:
         self.say = say
         self.http = requests.Session()
         self.now = datetime.now(UTC)
-        self.org_id = config.salesforce.org_id
-        pa_keys, tokens = config.power_automate.api_key, config.api.tokens
+        self.org_id = sf_settings(config).org_id
+        pa_keys, tokens = pa_settings(config).api_key, config.api.tokens
         missing = [
             name
             for name, value in (
                 ("power_automate.api_key", pa_keys),
-                ("salesforce.outbound_token", config.salesforce.outbound_token),
+                ("salesforce.outbound_token", sf_settings(config).outbound_token),
                 ("api.tokens", tokens),
                 ("salesforce.org_id", self.org_id),
             )
@@ -283,7 +285,7 @@ class Demo:
         )
         resp = self.http.post(
             f"{self.url}/hooks/salesforce/outbound",
-            params={"token": self.config.salesforce.outbound_token},
+            params={"token": sf_settings(self.config).outbound_token},
             data=body.encode("utf-8"),
             headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'},
             timeout=30,
