@@ -13,11 +13,14 @@ snapshot. Identifiers are matched case-insensitively; Salesforce ids in their 15
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from plugin.registry import id_match_key, repaired_id
+
+log = logging.getLogger(__name__)
 
 
 def _id_key(value: str) -> str:
@@ -230,3 +233,36 @@ def _merge(a: Person, b: Person) -> Person:
         user_type=b.user_type or a.user_type,
         roles=_unique((*a.roles, *b.roles)),
     )
+
+
+def address_owners(
+    addresses: Mapping[str, Iterable[str]],
+    sign_in_name: Mapping[str, str],
+    active: Mapping[str, bool],
+    crm: str,
+) -> dict[str, str | None]:
+    """Each e-mail address / UPN -> the one CRM user it identifies, or None when it is ambiguous.
+
+    A CRM's e-mail column is not unique (an integration user often carries an admin's address),
+    and one address must never join two users into one person. So an address several users carry
+    is kept only by the user who signs in with it (`sign_in_name`: Salesforce's Username,
+    Dataverse's domainname; unique in the CRM), else by the only active claimant, else by nobody.
+    `addresses`: user id -> the addresses that user carries (lower case)."""
+    claims: dict[str, list[str]] = {}
+    for user_id in sorted(addresses):
+        for address in addresses[user_id]:
+            claims.setdefault(address, []).append(user_id)
+    owners: dict[str, str | None] = {}
+    for address, claimants in claims.items():
+        if len(claimants) == 1:
+            owners[address] = claimants[0]
+            continue
+        signs_in = [u for u in claimants if sign_in_name.get(u, "").strip().lower() == address]
+        still_active = [u for u in claimants if active.get(u)]
+        owner = signs_in[0] if signs_in else still_active[0] if len(still_active) == 1 else None
+        owners[address] = owner
+        log.info(
+            f"directory: an address several {crm} users carry",
+            extra={"users": claimants, "kept_by": owner, "reason": "ambiguous_address"},
+        )
+    return owners

@@ -19,7 +19,6 @@ import importlib
 import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -38,12 +37,24 @@ if TYPE_CHECKING:
 
 # One line of `check`: True fine, None switched off (allowed), False a problem.
 CheckLine = tuple[bool | None, str]
-# `poll logins` / `directory --refresh`: (config, engine, owner, now) -> what the job run produced.
-RunNow = Callable[["Config", "Engine", str, datetime], "JobRun"]
+# `poll logins` / `directory --refresh`: (config, engine, *, owner, now) -> what the job run produced.
+RunNow = Callable[..., "JobRun"]
 
 
 def _nothing(*_: Any) -> Any:
     return ()
+
+
+def lazy(path: str) -> Callable[..., Any]:
+    """The function "module:attribute" names, imported on its first call (so a connector.py can
+    name its heavy modules' functions without importing them)."""
+    module_name, _, attr = path.partition(":")
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module_name), attr)(*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = attr
+    return call
 
 
 @dataclass(frozen=True)

@@ -4,21 +4,16 @@ Dataverse's ids (lower-case GUIDs). Heavy modules (msal) are imported on first u
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 from connectors.dataverse import ids
 from connectors.dataverse.config import DataverseConfig
-from plugin.registry import CheckLine, Connector, CrmSide, IdScheme
+from plugin.registry import CheckLine, Connector, CrmSide, IdScheme, lazy
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-
     from plugin.config import Config
-    from plugin.crm import CrmWriter
-    from plugin.jobs import Job, JobRun
+    from plugin.jobs import Job
     from plugin.receive import Source
 
 NAME = "dataverse"
@@ -43,12 +38,6 @@ def _hooks() -> Mapping[str, Source]:
     return HOOKS
 
 
-def _writer(config: Config) -> CrmWriter:
-    from connectors.dataverse.wiring import build_dataverse_writer
-
-    return build_dataverse_writer(config)
-
-
 def _writing(config: Config) -> bool:
     from plugin.writers import writes_for_real
 
@@ -66,24 +55,6 @@ def _jobs(config: Config) -> Sequence[Job]:
 
         found.append(directory_job(config))
     return found
-
-
-def _poll_logins(config: Config, engine: Engine, owner: str, now: datetime) -> JobRun:
-    from connectors.dataverse.logins import poll_logins_now
-
-    return poll_logins_now(config, engine, owner=owner, now=now)
-
-
-def _refresh_directory(config: Config, engine: Engine, owner: str, now: datetime) -> JobRun:
-    from connectors.dataverse.users import refresh_directory_now
-
-    return refresh_directory_now(config, engine, owner=owner, now=now)
-
-
-def _provision(args: argparse.Namespace, config: Config) -> int:
-    from connectors.dataverse.provision_command import run
-
-    return run(args, config)
 
 
 def _own_users(config: Config) -> Sequence[str]:
@@ -108,11 +79,11 @@ CONNECTOR = Connector(
     checks=_checks,
     crm=CrmSide(
         configured=configured,
-        build_writer=_writer,
+        build_writer=lazy("connectors.dataverse.wiring:build_dataverse_writer"),
         own_users=_own_users,
-        provision=_provision,
-        poll_logins=_poll_logins,
-        refresh_directory=_refresh_directory,
+        provision=lazy("connectors.dataverse.provision_command:run"),
+        poll_logins=lazy("connectors.dataverse.logins:poll_logins_now"),
+        refresh_directory=lazy("connectors.dataverse.users:refresh_directory_now"),
         needs="dataverse.url, dataverse.tenant_id, dataverse.client_id and dataverse.client_secret",
     ),
     ids=IdScheme(canonical=ids.canonical, match_key=ids.match_key, user_id=ids.canonical),

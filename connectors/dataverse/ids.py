@@ -20,7 +20,10 @@ def is_guid(value: str) -> bool:
 
 
 def canonical(value: str) -> str | None:
-    """The lower-case GUID, or None for anything that is not one."""
+    """The lower-case GUID, or None for anything that is not one. A GUID in braces, as classic
+    Dynamics URLs and some SDK tools write it ({9F1D...}), is the same GUID."""
+    if value.startswith("{") and value.endswith("}"):
+        value = value[1:-1]
     return str(uuid.UUID(value)) if _GUID.fullmatch(value) else None
 
 

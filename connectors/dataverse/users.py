@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy.engine import Engine
 
 from plugin.config import Config
-from plugin.directory import Person
+from plugin.directory import Person, address_owners
 from plugin.directory_store import replace_people
 from plugin.jobs import Job, JobRun, JobRunner
 
@@ -128,31 +128,6 @@ def _addresses(row: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def _address_owners(users: Mapping[str, Mapping[str, Any]]) -> dict[str, str | None]:
-    """Each address -> the one user it identifies, or None when it is ambiguous."""
-    claims: dict[str, list[str]] = {}
-    for user_id, row in sorted(users.items()):
-        for address in _addresses(row):
-            claims.setdefault(address, []).append(user_id)
-    owners: dict[str, str | None] = {}
-    for address, claimants in claims.items():
-        if len(claimants) == 1:
-            owners[address] = claimants[0]
-            continue
-        # The user name is one user's sign-in name; a primary e-mail is only a mailbox.
-        by_user_name = [
-            u for u in claimants if str(users[u].get("domainname") or "").strip().lower() == address
-        ]
-        enabled = [u for u in claimants if not users[u].get("isdisabled")]
-        owner = by_user_name[0] if len(by_user_name) == 1 else enabled[0] if len(enabled) == 1 else None
-        owners[address] = owner
-        log.info(
-            "directory: an address several Dataverse users carry",
-            extra={"users": claimants, "kept_by": owner, "reason": "ambiguous_address"},
-        )
-    return owners
-
-
 def people_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[Person]:
     """systemuser rows as Persons, in key order (rows without a valid systemuserid are skipped)."""
     users: dict[str, Mapping[str, Any]] = {}
@@ -160,7 +135,12 @@ def people_from_rows(rows: Iterable[Mapping[str, Any]]) -> list[Person]:
         user_id = guid(row.get("systemuserid"))
         if user_id is not None:
             users[user_id] = row
-    owners = _address_owners(users)
+    owners = address_owners(
+        {u: _addresses(row) for u, row in users.items()},
+        {u: str(row.get("domainname") or "") for u, row in users.items()},
+        {u: not row.get("isdisabled") for u, row in users.items()},
+        "Dataverse",
+    )
     people = []
     for user_id, row in sorted(users.items()):
         # The Entra object id is how Power Automate names a person (an approval's responder, a

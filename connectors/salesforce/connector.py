@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 from connectors.salesforce import ids
 from connectors.salesforce.config import SalesforceConfig
-from plugin.registry import CheckLine, Command, Connector, CrmSide, IdScheme
+from plugin.registry import CheckLine, Command, Connector, CrmSide, IdScheme, lazy
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
-
     from plugin.config import Config
-    from plugin.crm import CrmWriter
-    from plugin.jobs import Job, JobRun
+    from plugin.jobs import Job
     from plugin.receive import Source
 
 NAME = "salesforce"
@@ -61,12 +57,6 @@ def _prepare(config: Config) -> None:
     preload(config)
 
 
-def _writer(config: Config) -> CrmWriter:
-    from connectors.salesforce.wiring import build_salesforce_writer
-
-    return build_salesforce_writer(config)
-
-
 def _writing(config: Config) -> bool:
     from plugin.writers import writes_for_real
 
@@ -84,24 +74,6 @@ def _jobs(config: Config) -> Sequence[Job]:
 
         found.append(directory_job(config))
     return found
-
-
-def _poll_logins(config: Config, engine: Engine, owner: str, now: datetime) -> JobRun:
-    from connectors.salesforce.logins import poll_logins_now
-
-    return poll_logins_now(config, engine, owner=owner, now=now)
-
-
-def _refresh_directory(config: Config, engine: Engine, owner: str, now: datetime) -> JobRun:
-    from connectors.salesforce.users import refresh_directory_now
-
-    return refresh_directory_now(config, engine, owner=owner, now=now)
-
-
-def _provision(args: argparse.Namespace, config: Config) -> int:
-    from connectors.salesforce.provision_command import run
-
-    return run(args, config)
 
 
 def _own_users(config: Config) -> Sequence[str]:
@@ -164,11 +136,11 @@ CONNECTOR = Connector(
     commands=(Command("demo", _add_demo, _demo),),
     crm=CrmSide(
         configured=configured,
-        build_writer=_writer,
+        build_writer=lazy("connectors.salesforce.wiring:build_salesforce_writer"),
         own_users=_own_users,
-        provision=_provision,
-        poll_logins=_poll_logins,
-        refresh_directory=_refresh_directory,
+        provision=lazy("connectors.salesforce.provision_command:run"),
+        poll_logins=lazy("connectors.salesforce.logins:poll_logins_now"),
+        refresh_directory=lazy("connectors.salesforce.users:refresh_directory_now"),
         needs="salesforce.client_id and, for auth = jwt, salesforce.username and salesforce.private_key_file",
     ),
     ids=IdScheme(

@@ -61,7 +61,7 @@ from sqlalchemy.engine import Engine
 
 from connectors.salesforce.ids import is_salesforce_id, to_18
 from plugin.config import Config
-from plugin.directory import Person
+from plugin.directory import Person, address_owners
 from plugin.directory_store import replace_people
 from plugin.jobs import Job, JobRun, JobRunner
 
@@ -148,7 +148,12 @@ def read_people(query: Query) -> tuple[list[Person], dict[str, int]]:
         for user_id in _users_in(group_id, direct, users):
             user_groups.setdefault(user_id, set()).add(group_id)
 
-    owners = _address_owners(users)
+    owners = address_owners(
+        {u: _addresses(row) for u, row in users.items()},
+        {u: str(row.get("Username") or "") for u, row in users.items()},
+        {u: bool(row.get("IsActive")) for u, row in users.items()},
+        "Salesforce",
+    )
     people = []
     for user_id, row in sorted(users.items()):
         names = sorted(
@@ -188,28 +193,6 @@ def _users_in(group_id: str, direct: Mapping[str, set[str]], users: Mapping[str,
                 seen.add(member)
                 todo.append(member)
     return found
-
-
-def _address_owners(users: Mapping[str, Mapping[str, Any]]) -> dict[str, str | None]:
-    """Each address -> the one user it identifies, or None when it is ambiguous."""
-    claims: dict[str, list[str]] = {}
-    for user_id, row in sorted(users.items()):
-        for address in _addresses(row):
-            claims.setdefault(address, []).append(user_id)
-    owners: dict[str, str | None] = {}
-    for address, claimants in claims.items():
-        if len(claimants) == 1:
-            owners[address] = claimants[0]
-            continue
-        by_username = [u for u in claimants if str(users[u].get("Username") or "").strip().lower() == address]
-        active = [u for u in claimants if users[u].get("IsActive")]
-        owner = by_username[0] if by_username else active[0] if len(active) == 1 else None
-        owners[address] = owner
-        log.info(
-            "directory: an address several Salesforce users carry",
-            extra={"users": claimants, "kept_by": owner, "reason": "ambiguous_address"},
-        )
-    return owners
 
 
 class DirectoryRefresh:

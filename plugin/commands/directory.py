@@ -41,7 +41,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         logs.configure(config)
         migrate.upgrade(engine)
         try:
-            result = side.refresh_directory(config, engine, worker_id(), datetime.now(UTC))
+            result = side.refresh_directory(config, engine, owner=worker_id(), now=datetime.now(UTC))
         except (CrmError, RuntimeError) as exc:
             print(f"directory refresh failed: {exc}", file=sys.stderr)
             return 1

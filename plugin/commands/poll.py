@@ -31,7 +31,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     engine = get_engine(config.storage.url)
     migrate.upgrade(engine)
     try:
-        result = side.poll_logins(config, engine, worker_id(), datetime.now(UTC))
+        result = side.poll_logins(config, engine, owner=worker_id(), now=datetime.now(UTC))
     except (CrmError, RuntimeError) as exc:
         print(f"poll logins failed: {exc}", file=sys.stderr)
         return 1

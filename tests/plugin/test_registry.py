@@ -231,5 +231,10 @@ def test_ids_are_canonical_by_each_crms_scheme() -> None:
         registry.canonical_id("5B0E0B6C-0000-4000-8000-00000000000A")
         == "5b0e0b6c-0000-4000-8000-00000000000a"
     )
+    assert (
+        registry.canonical_id("{5B0E0B6C-0000-4000-8000-00000000000A}")
+        == "5b0e0b6c-0000-4000-8000-00000000000a"
+    )
+    assert registry.canonical_id("5b0e0b6c-0000-4000-8000-00000000000a\n") is None
     assert registry.canonical_id("ana@contoso.com") is None
     assert registry.id_match_key("001000000000001aaa") == registry.id_match_key("001000000000001")
