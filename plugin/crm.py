@@ -19,7 +19,7 @@ class RecordWrite:
 
 @dataclass(frozen=True)
 class WriteBatch:
-    """At most 200 records of one object, written in one CRM call."""
+    """At most the writer's `max_batch` records of one object, written in one CRM call."""
 
     object: str
     operation: Operation
@@ -56,6 +56,11 @@ class CrmWriter(Protocol):
     """Writes batches to one CRM. Implementations: dry run, Salesforce, Dataverse."""
 
     name: str
+    max_batch: int  # records one write_batch call may carry (Salesforce 200, Dataverse up to 1000)
+
+    def api_usage(self) -> tuple[int, int] | None:
+        """(used, limit) of the CRM's API budget as last read, for /metrics; None if unknown."""
+        ...
 
     def ready(self) -> tuple[bool, str]:
         """Whether writes can go out now, and why not."""

@@ -204,6 +204,7 @@ class Dispatcher:
 
     def _batch_cap(self, target: str) -> int:
         """Records per call: the configured batch size, within what the CRM accepts."""
+        # getattr: a writer written before max_batch was part of the interface still works
         return max(1, min(self.batch_size, getattr(self.writer_for(target), "max_batch", 200)))
 
     def _send(self, batch: list[_Pending]) -> DispatchResult:
@@ -258,7 +259,7 @@ class Dispatcher:
     def _report_budget(self, writer: CrmWriter, *, paused: bool) -> None:
         """The CRM's API budget as the writer last read it, for /metrics."""
         metrics.CRM_PAUSED.set(1 if paused else 0)
-        usage = getattr(writer, "api_usage", None)
+        usage = getattr(writer, "api_usage", None)  # optional for older writers, as max_batch
         reading = usage() if callable(usage) else None
         if reading:
             metrics.CRM_API_USED.set(reading[0])

@@ -22,6 +22,11 @@ class DryRunWriter:
     """A CrmWriter that writes into two local tables instead of a CRM."""
 
     name = "dry_run"
+    max_batch = 200
+
+    def api_usage(self) -> tuple[int, int] | None:
+        """No budget: nothing leaves."""
+        return None
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine

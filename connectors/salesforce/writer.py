@@ -135,6 +135,7 @@ class SalesforceWriter:
     """CrmWriter for Salesforce. Thread-safe; one instance per org."""
 
     name = "salesforce"
+    max_batch = 200  # sObject Collections take at most 200 records a call
 
     def __init__(
         self, settings: SalesforceWriterSettings, *, clock: Callable[[], float] = time.monotonic
