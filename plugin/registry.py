@@ -213,6 +213,9 @@ def id_schemes() -> tuple[IdScheme, ...]:
 def canonical_id(value: str) -> str | None:
     """The canonical form of a CRM id, if any CRM recognises `value`."""
     for scheme in id_schemes():
+# canonical_id and id_match_key are pure and asked for the same few thousand ids (users, records)
+# on every event and directory lookup: cached, they cost a dict lookup instead of a checksum.
+@functools.lru_cache(maxsize=65536)
         found = scheme.canonical(value)
         if found is not None:
             return found
@@ -232,6 +235,7 @@ def repaired_id(value: str) -> str:
 def id_match_key(value: str) -> str | None:
     """The lookup key of a CRM id, if any CRM recognises `value`."""
     for scheme in id_schemes():
+@functools.lru_cache(maxsize=65536)
         found = scheme.match_key(value)
         if found is not None:
             return found

@@ -54,6 +54,12 @@ def test_the_shipped_connectors_are_discovered_with_their_hooks_and_crms() -> No
     } <= set(registry.hooks())
 
 
+def _forget(module: Any) -> None:
+    """What the registry cached about the connectors it found."""
+    for cached in (module.connectors, module.id_schemes, module.canonical_id, module.id_match_key):
+        cached.cache_clear()
+
+
 @pytest.fixture
 def extra_connector(tmp_path: Path) -> Iterator[str]:
     """A connector that exists only as a folder: `connectors/echo/connector.py`."""
@@ -93,16 +99,14 @@ def extra_connector(tmp_path: Path) -> Iterator[str]:
         )
     )
     connectors.__path__.append(str(tmp_path))
-    registry.connectors.cache_clear()
-    registry.id_schemes.cache_clear()
+    _forget(registry)
     try:
         yield "echo"
     finally:
         connectors.__path__.remove(str(tmp_path))
         for name in [m for m in sys.modules if m.startswith("connectors.echo")]:
             del sys.modules[name]
-        registry.connectors.cache_clear()
-        registry.id_schemes.cache_clear()
+        _forget(registry)
 
 
 def test_a_new_folder_is_a_new_connector_served_configured_and_checked(
