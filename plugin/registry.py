@@ -210,12 +210,12 @@ def id_schemes() -> tuple[IdScheme, ...]:
     return tuple(c.ids for c in connectors() if c.ids is not None)
 
 
-def canonical_id(value: str) -> str | None:
-    """The canonical form of a CRM id, if any CRM recognises `value`."""
-    for scheme in id_schemes():
 # canonical_id and id_match_key are pure and asked for the same few thousand ids (users, records)
 # on every event and directory lookup: cached, they cost a dict lookup instead of a checksum.
 @functools.lru_cache(maxsize=65536)
+def canonical_id(value: str) -> str | None:
+    """The canonical form of a CRM id, if any CRM recognises `value`."""
+    for scheme in id_schemes():
         found = scheme.canonical(value)
         if found is not None:
             return found
@@ -232,10 +232,10 @@ def repaired_id(value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=65536)
 def id_match_key(value: str) -> str | None:
     """The lookup key of a CRM id, if any CRM recognises `value`."""
     for scheme in id_schemes():
-@functools.lru_cache(maxsize=65536)
         found = scheme.match_key(value)
         if found is not None:
             return found
