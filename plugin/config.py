@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -373,6 +374,15 @@ class LeadersConfig(_Section):
         return {kind: float(v.get(kind, 0.0)) for kind in SIGNAL_KINDS}
 
 
+class CrmConfigSection(_Section):
+    # Configuration from the CRM (docs/configuration-in-crm.md): the primary CRM's OnRecord custom
+    # metadata records define the governed objects, approval policies, leaders and score settings,
+    # replacing those sections of this file. false: the CRM's records are never read.
+    enabled: bool = False
+    # How often the worker re-reads them (and once at start), in seconds.
+    refresh_seconds: float = Field(300.0, ge=10, le=86400)
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -402,7 +412,19 @@ class Config(BaseModel):
     provenance: ProvenanceConfig = ProvenanceConfig()
     directory: DirectoryConfig = DirectoryConfig()
     leaders: LeadersConfig = LeadersConfig()
+    crm_config: CrmConfigSection = CrmConfigSection()
     logging: LoggingConfig = LoggingConfig()
+
+    # The configuration version from the CRM this configuration applies (plugin/crm_config.py's
+    # `apply` sets it); empty for the file's own. Not a key: nothing reads it from the file.
+    _crm_version: str = PrivateAttr(default="")
+    # The file's configuration it was made from (so applying the next version starts from the file)
+    _crm_base: Config | None = PrivateAttr(default=None)
+
+    @property
+    def crm_version(self) -> str:
+        """The version of the CRM's configuration records in force here ("": the file alone)."""
+        return self._crm_version
 
     def section(self, name: str, model: type[S]) -> S:
         """A connector's section, typed (e.g. `config.section("salesforce", SalesforceConfig)`)."""
@@ -504,6 +526,15 @@ def load_config(
         _read_secrets(raw, env, secrets_dir)
     except OSError as exc:
         raise ConfigError(str(exc)) from exc
+    return _validate(raw)
+
+
+def revalidate(base: Config, replace: Mapping[str, Any]) -> Config:
+    """`base` with some top-level sections replaced (raw values), validated by the very code that
+    validates the file (configuration from the CRM: plugin/crm_config.py), so the same mistake
+    gets the same message. Raises ConfigError like load_config."""
+    raw: dict[str, Any] = base.model_dump()
+    raw.update(replace)
     return _validate(raw)
 
 

@@ -59,6 +59,10 @@ def builtin_jobs(config: Config) -> list[Job]:
         from plugin.leaders.job import leaders_job
 
         found.append(leaders_job(config))
+    if config.crm_config.enabled:  # disabled: the CRM's configuration records are never read
+        from plugin.crm_config_job import crm_config_job
+
+        found.append(crm_config_job(config))
     if config.storage.retention_days > 0:
         from plugin.retention import retention_job
 

@@ -64,6 +64,7 @@ class DatabaseCollector(Collector):
         self._engine = engine
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        from plugin.crm_config_job import stored as crm_config_stored
         from plugin.stats import pipeline_stats
 
         stats = pipeline_stats(self._engine)
@@ -80,6 +81,11 @@ class DatabaseCollector(Collector):
             "onrecord_outbox_depth", "Outbox rows waiting to be sent", stats.outbox_pending
         )
         yield GaugeMetricFamily("onrecord_dead_letters", "Outbox rows given up on", stats.outbox_dead)
+        yield GaugeMetricFamily(
+            "onrecord_crm_config_problems",
+            "Problems in the CRM's configuration records; over 0: the last good configuration is in force",
+            len(crm_config_stored(self._engine).problems),
+        )
 
 
 def render(engine: Engine) -> bytes:

@@ -38,7 +38,20 @@ def readyz() -> Response:
             ok, why = False, f"{type(exc).__name__}: {exc}"[:300]
         checks[name] = {"ok": ok, "detail": why, "writer": writer_kind(rt.config, crm)}
     ready = all(c["ok"] for c in checks.values())
-    resp = jsonify({"ready": ready, "checks": checks})
+    status = "ready" if ready else "not ready"
+    if rt.config.crm_config.enabled:
+        # A refused configuration from the CRM leaves OnRecord working on the last good one:
+        # ready, but "degraded", with the record and field to fix.
+        from plugin.crm_config_job import status_line
+
+        try:
+            state, why = status_line(rt.config, rt.engine)
+        except Exception as exc:
+            state, why = None, f"{type(exc).__name__}: {exc}"[:300]
+        checks["crm_config"] = {"ok": True, "degraded": state is False, "detail": why}
+        if ready and state is False:
+            status = "degraded"
+    resp = jsonify({"ready": ready, "status": status, "checks": checks})
     resp.status_code = 200 if ready else 503
     return resp
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from plugin.config import Config
     from plugin.crm import CrmWriter
+    from plugin.crm_config import ConfigRecord
     from plugin.dispatch import Notifier
     from plugin.jobs import Job, JobRun
     from plugin.receive import Source
@@ -88,6 +89,8 @@ class CrmSide:
     provision: Callable[[argparse.Namespace, Config], int]
     poll_logins: RunNow | None = None  # `poll logins --crm <name>`
     refresh_directory: RunNow | None = None  # `directory --refresh --crm <name>`
+    # Configuration from the CRM ([crm_config]): its OnRecord configuration records, read now
+    read_config: Callable[[Config], Sequence[ConfigRecord]] | None = None
     needs: str = ""  # what "configured" asks for, in words, for messages
 
 

@@ -141,6 +141,7 @@ CONNECTOR = Connector(
         provision=lazy("connectors.salesforce.provision_command:run"),
         poll_logins=lazy("connectors.salesforce.logins:poll_logins_now"),
         refresh_directory=lazy("connectors.salesforce.users:refresh_directory_now"),
+        read_config=lazy("connectors.salesforce.crm_config:read_config"),  # [crm_config]
         needs="salesforce.client_id and, for auth = jwt, salesforce.username and salesforce.private_key_file",
     ),
     ids=IdScheme(

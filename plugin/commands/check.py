@@ -36,6 +36,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         results.append((False, f"worker.rules: {exc}"))
     results += _sources(config)
     results += _writers(config, engine)
+    results.append(_crm_config(config, engine))
     for state, line in results:
         print(f"{_MARK[state]} {line}")
     return 0 if all(state is not False for state, _ in results) else 1
@@ -71,6 +72,17 @@ def _sources(config: Config) -> list[tuple[bool | None, str]]:
             (None, "no governed objects ([[governed]]): record changes are acknowledged and ignored")
         )
     return lines
+
+
+def _crm_config(config: Config, engine: Engine) -> tuple[bool | None, str]:
+    """[crm_config]: the CRM's configuration in force, or the records' problems (FAIL: an admin
+    has a record to fix, though OnRecord runs on with the last good configuration)."""
+    from plugin.crm_config_job import status_line
+
+    try:
+        return status_line(config, engine)
+    except Exception as exc:  # no schema yet: said above
+        return None, f"configuration from the CRM: unknown ({type(exc).__name__})"
 
 
 def _writers(config: Config, engine: Engine) -> list[tuple[bool | None, str]]:

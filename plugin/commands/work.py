@@ -17,6 +17,8 @@ from sqlalchemy.engine import Engine
 
 from plugin import logs, migrate, registry
 from plugin.config import Config
+from plugin.crm_config_job import JOB_NAME as CRM_CONFIG_JOB
+from plugin.crm_config_job import CrmConfigFollower, effective_config, stored_version
 from plugin.dispatch import Dispatcher, Notifier, no_subscribers
 from plugin.jobs import JobRunner, load_jobs
 from plugin.rules import load_rules
@@ -28,15 +30,17 @@ log = logging.getLogger("plugin.worker")
 
 
 def build(config: Config) -> tuple[Worker, Dispatcher, JobRunner]:
-    """A worker, a dispatcher and a job runner for this configuration."""
+    """A worker, a dispatcher and a job runner for this configuration (with [crm_config]
+    enabled, the rules and jobs of the CRM's last good configuration stored by its job)."""
     engine = get_engine(config.storage.url)
     migrate.upgrade(engine)
     owner = worker_id()
     w = config.worker
-    target_of = target_resolver(config)
+    in_force = effective_config(config, engine)
+    target_of = target_resolver(in_force)
     worker = Worker(
         engine,
-        load_rules(config),
+        load_rules(in_force),
         batch_size=w.batch_size,
         lease_seconds=w.lease_seconds,
         owner=owner,
@@ -56,7 +60,7 @@ def build(config: Config) -> tuple[Worker, Dispatcher, JobRunner]:
         notifier=_notifier(config, engine),
         writers=build_writers(config, engine),
     )
-    return worker, dispatcher, JobRunner(engine, load_jobs(config), owner=owner, target_of=target_of)
+    return worker, dispatcher, JobRunner(engine, load_jobs(in_force), owner=owner, target_of=target_of)
 
 
 def _notifier(config: Config, engine: Engine) -> Notifier:
@@ -76,8 +80,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
         os.nice(config.worker.nice)
     worker, dispatcher, jobs = build(config)
     gc.freeze()  # long-lived objects out of the collector's way (see serve's _freeze_heap)
+    follow_keys = KeyFollower(effective_config(config, worker.engine), worker)  # rebuilds what is in force
+    follow_config = config_follower(config, worker, jobs, follow_keys)
     if args.once:
         jobs.run_due(datetime.now(UTC))
+        follow_config.check(force=True)
         while worker.run_once().done or dispatcher.run_once().calls:
             pass
         return 0
@@ -90,9 +97,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
     def orphaned() -> bool:
         return parent is not None and os.getppid() != parent
 
-    follow_keys = KeyFollower(config, worker)
+    read_crm_config_now(jobs)  # at start, not only after the first refresh_seconds
+    follow_config.check(force=True)
 
     def rules_pass() -> int:
+        follow_config.check()
         follow_keys.check()
         return worker.run_once().done
 
@@ -116,6 +125,36 @@ def run(args: argparse.Namespace, config: Config) -> int:
         t.join(timeout=30)
     log.info("worker stopped")
     return 0
+
+
+def config_follower(config: Config, worker: Worker, jobs: JobRunner, keys: KeyFollower) -> CrmConfigFollower:
+    """Applies each configuration version the crm_config job stores: the worker's rules and
+    write targets, the jobs (leaders score with the CRM's leaders and weights) and what a key
+    rotation rebuilds from are swapped for the new configuration's."""
+
+    def rebuild(applied: Config) -> None:
+        target_of = target_resolver(applied)  # a newly governed object's writes go to its CRM
+        worker.rules = load_rules(applied)
+        worker.target_of = target_of
+        jobs.target_of = target_of
+        jobs.jobs = load_jobs(applied)  # a new list: the jobs thread finishes the one it holds
+        keys.config = applied
+
+    follower = CrmConfigFollower(config, worker.engine, rebuild)
+    follower.version = stored_version(worker.engine) if config.crm_config.enabled else ""  # build applied it
+    return follower
+
+
+def read_crm_config_now(jobs: JobRunner) -> None:
+    """Run the crm_config job once at start (when configured and nobody else is running it)."""
+    if not any(job.name == CRM_CONFIG_JOB for job in jobs.jobs):
+        return
+    try:
+        jobs.run_now(CRM_CONFIG_JOB, datetime.now(UTC))
+    except Exception:  # the CRM may be down at start: the stored version stays, the job retries
+        log.exception(
+            "reading the configuration from the CRM at start failed", extra={"reason": "crm_config_failed"}
+        )
 
 
 class KeyFollower:

@@ -74,6 +74,9 @@ class Settings:
     policies: Mapping[str, GovernedObject]  # object -> its approval policy
     integration_user: str = ""
     own_users: tuple[str, ...] = ()  # every CRM's integration / application user
+    # The configuration version from the CRM the policies came from ("" : the file's): each
+    # verdict names it, so "under which policy was this blocked?" has an answer on record.
+    config_version: str = ""
 
     @classmethod
     def from_config(cls, config: Config) -> Settings:
@@ -82,6 +85,7 @@ class Settings:
             policies={g.object: g for g in config.governed if g.approval_field and g.stages},
             integration_user=registry.primary_own_user(config),
             own_users=registry.own_users(config),
+            config_version=config.crm_version,
         )
 
 
@@ -147,6 +151,7 @@ def judge_event(
     policy = settings.policies[obj]
     key = state_key(obj, record_id)
     record = _Record(obj, record_id, policy, dict(state.get(key) or {}), directory, now)
+    record.config_version = settings.config_version
     record.verdicts = verdicts if verdicts is not None else []
     if event.kind == "form.submitted":
         record.add_submission(event)
@@ -187,6 +192,7 @@ class _Record:
         self.result = Outcome()
         self.marker: dict[str, Any] | None = None
         self.verdicts: list[tuple[str, str, float | None]] = []
+        self.config_version = ""
 
     # -- facts -------------------------------------------------------------------------------
 
@@ -325,7 +331,9 @@ class _Record:
 
     def _pending(self, change: dict[str, Any], result: ChainResult, deadline: datetime) -> None:
         at = datetime.fromisoformat(change["at"])
-        note = pending_note(change["value"], change["actor"], at, deadline, result, self.directory)
+        note = self._named(
+            pending_note(change["value"], change["actor"], at, deadline, result, self.directory)
+        )
         change.update(verdict="Pending", reason="; ".join(result.reasons), judged_at=self.now.isoformat())
         self._write_record({STATUS_FIELD: "Pending", NOTE_FIELD: note})
         self._settled("Pending", note, change)
@@ -338,7 +346,7 @@ class _Record:
         )
 
     def _verified(self, change: dict[str, Any], result: ChainResult, *, upgraded: bool) -> None:
-        note = verified_note(result, self.directory, set_by_onrecord=False)
+        note = self._named(verified_note(result, self.directory, set_by_onrecord=False))
         change.update(verdict="Verified", reason="", judged_at=self.now.isoformat(), open=False)
         fields: dict[str, Any] = {STATUS_FIELD: "Verified", NOTE_FIELD: note}
         if upgraded and change.get("reverted") and self.policy.set_status:
@@ -358,6 +366,7 @@ class _Record:
         note = blocked_note(change["value"], change["actor"], at, self.policy.form_id, result, self.directory)
         if result.submission is not None:
             note = note.replace(f"form '{self.policy.form_id}'", f"form '{result.submission.form_name}'", 1)
+        note = self._named(note)
         fields: dict[str, Any] = {STATUS_FIELD: "Blocked", NOTE_FIELD: note}
         still_there = self.status is not None and self.status.get("at") == change["at"]
         if still_there:
@@ -393,7 +402,7 @@ class _Record:
         if not self.policy.set_status:
             return
         value = approved_value(self.policy)
-        note = verified_note(result, self.directory, set_by_onrecord=True)
+        note = self._named(verified_note(result, self.directory, set_by_onrecord=True))
         self.status = {"value": value, "at": self.now.isoformat(), "by": ONRECORD}
         self._write_record({self.policy.approval_field: value, STATUS_FIELD: "Verified", NOTE_FIELD: note})
         self._settled("Verified", note, None)
@@ -411,6 +420,10 @@ class _Record:
             )
         )
 
+    def _named(self, note: str) -> str:
+        """A note naming the CRM configuration version it was judged under (none: the file's)."""
+        return f"{note} Policy version {self.config_version[:12]}." if self.config_version else note
+
     def _settled(self, verdict: str, note: str, change: dict[str, Any] | None) -> None:
         """Remember the record's current verdict, and observe it."""
         self.last = {
@@ -419,6 +432,10 @@ class _Record:
             "at": self.now.isoformat(),
             "change": None if change is None else change["id"],
         }
+        if self.config_version:  # the policy version this verdict applied
+            self.last["config_version"] = self.config_version
+            if change is not None:
+                change["config_version"] = self.config_version
         if change is None:
             self.verdicts.append((verdict, "set", None))
         else:

@@ -359,6 +359,11 @@ class Metadata:
                 external_ids=[*known_external, *external] if external else None,
             )
             with self.state.lock:
+                if obj.endswith("__mdt"):  # what each metadata relationship points at
+                    for f in root.findall(_MD + "fields"):
+                        if f.findtext(_MD + "type") == "MetadataRelationship":
+                            target = f.findtext(_MD + "referenceTo") or ""
+                            odef.relationships[(f.findtext(_MD + "fullName") or "").lower()] = target
                 for el in root.findall(_MD + "validationRules"):
                     odef.validation_rules[_name(el)] = ValidationRule(
                         _name(el),

@@ -269,6 +269,46 @@ class SalesforceEmulator:
             values[canonical] = value
         return self._state.insert(odef, values, self.user_id())
 
+    def define_metadata_type(
+        self, name: str, fields: Iterable[str], relationships: dict[str, str] | None = None
+    ) -> None:
+        """Declare a custom metadata type (...__mdt) and its custom fields, as a deploy does; SOQL
+        then refuses fields it does not have (INVALID_FIELD), as Salesforce does. `relationships`:
+        metadata relationship field -> the custom metadata type it points at."""
+        from tests.sfemu.state import METADATA_RECORD_FIELDS
+
+        odef = self._state.define_object(name, (*METADATA_RECORD_FIELDS, *fields), strict=True)
+        with self._state.lock:
+            odef.relationships.update({k.lower(): v for k, v in (relationships or {}).items()})
+
+    def put_metadata_record(
+        self, type_name: str, developer_name: str, fields: dict[str, Any], *, by: str | None = None
+    ) -> str:
+        """Create or change a custom metadata record as user `by` (a username; created if new;
+        default the integration user) does in Setup; return its id. A metadata relationship
+        field may be given the related record's DeveloperName: it is stored as that record's id."""
+        values = dict(fields)
+        for key, value in fields.items():
+            target = self._relationship_target(type_name, key)
+            if target is not None and isinstance(value, str):
+                values[key] = next(
+                    (r["Id"] for r in self.records(target) if r.get("DeveloperName") == value), value
+                )
+        user = self.add_user(by) if by else self.user_id()
+        return self._state.put_metadata_record(type_name, developer_name, values, user)
+
+    def delete_metadata_record(self, type_name: str, developer_name: str) -> bool:
+        """Delete a custom metadata record (Setup's Del link); whether there was one."""
+        return self._state.delete_metadata_record(type_name, developer_name)
+
+    def _relationship_target(self, type_name: str, field_name: str) -> str | None:
+        """The custom metadata type a metadata relationship field points at (by a deploy's
+        referenceTo, or the OnRecord types' own), if it is one."""
+        with self._state.lock:
+            odef = self._state.object_def(type_name, create=False)
+            known = odef.relationships.get(field_name.lower()) if odef else None
+        return known
+
     def add_login_history(
         self,
         user_id: str,

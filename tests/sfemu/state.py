@@ -60,6 +60,8 @@ class ObjectDef:
     strict: bool = False  # unknown fields are INVALID_FIELD
     external_ids: set[str] | None = None  # lower-case names; None = any field may be used
     validation_rules: dict[str, Any] = field(default_factory=dict)  # name -> formula.ValidationRule
+    # custom metadata types: metadata relationship field (lower) -> the type it points at
+    relationships: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,16 @@ USER_FIELDS = (
     "IsActive",
     "UserType",
     "UserRoleId",
+)
+# The standard fields of every custom metadata record (Object Reference, "Custom Metadata Type__mdt"),
+# besides the audit fields every record has.
+METADATA_RECORD_FIELDS = (
+    "DeveloperName",
+    "MasterLabel",
+    "Label",
+    "Language",
+    "NamespacePrefix",
+    "QualifiedApiName",
 )
 USER_ROLE_FIELDS = ("Name", "DeveloperName", "ParentRoleId")
 GROUP_FIELDS = ("Name", "DeveloperName", "Type")
@@ -317,6 +329,54 @@ class OrgState:
         with self.lock:
             rows = self.records.get(odef.name, {}).values()
             return [r for r in rows if r.get(field_name) is not None and str(r.get(field_name)) == str(value)]
+
+    # --- custom metadata records ----------------------------------------------------------------
+
+    def put_metadata_record(
+        self, type_name: str, developer_name: str, values: dict[str, Any], user_id: str
+    ) -> str:
+        """Create or change a custom metadata record (as an admin does in Setup: the API cannot
+        write them), found by DeveloperName; return its id. Each save stamps LastModifiedById and
+        SystemModstamp. Values are stored as given: a metadata relationship holds the related
+        record's id, as SOQL returns it."""
+        with self.lock:
+            odef = self.object_def(type_name, create=True)
+            assert odef is not None
+            canonical: dict[str, Any] = {}
+            for key, value in values.items():
+                name = self.field_name(odef, key)
+                if name is None:
+                    raise ValueError(f"no field {key} on {odef.name}")
+                canonical[name] = value
+            for row in self.records.get(odef.name, {}).values():
+                if str(row.get("DeveloperName", "")).lower() == developer_name.lower():
+                    self.update(odef, row["Id"], canonical, user_id)
+                    return str(row["Id"])
+            label = developer_name.replace("_", " ")
+            standard = {
+                "DeveloperName": developer_name,
+                "MasterLabel": label,
+                "Label": label,
+                "QualifiedApiName": developer_name,
+                "NamespacePrefix": None,
+                "Language": "en_US",
+            }
+            return self.insert(odef, {**standard, **canonical}, user_id)
+
+    def delete_metadata_record(self, type_name: str, developer_name: str) -> bool:
+        """Delete a custom metadata record by DeveloperName; whether there was one."""
+        with self.lock:
+            odef = self.object_def(type_name, create=False)
+            rows = self.records.get(odef.name, {}) if odef else {}
+            found = [
+                k
+                for k, r in rows.items()
+                if str(r.get("DeveloperName", "")).lower() == developer_name.lower()
+            ]
+            for key in found:
+                del rows[key]
+                self.deleted.add(key)
+            return bool(found)
 
     # --- faults --------------------------------------------------------------------------------
 
