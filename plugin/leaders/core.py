@@ -95,15 +95,21 @@ class PeriodSignals:
     weights_version: str
     leaders: tuple[LeaderSignals, ...]
     champions: tuple[Leader, ...]
+    # The version of the CRM's configuration records the leaders and weights came from
+    # ([crm_config]; "" when they came from the file alone, and then not in the JSON)
+    config_version: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The body of GET /api/leaders."""
-        return {
+        body: dict[str, Any] = {
             "period": self.period.name,
             "weights_version": self.weights_version,
             "leaders": [signals.to_json() for signals in self.leaders],
             "champions": [leader.label for leader in self.champions],
         }
+        if self.config_version:
+            body["config_version"] = self.config_version
+        return body
 
 
 # --- who the leaders are -------------------------------------------------------------------------

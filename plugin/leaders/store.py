@@ -4,6 +4,7 @@ stored; then scored by the pure core (`plugin.leaders.core`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -83,7 +84,9 @@ def compute_periods(
         counts = read_counts(
             conn, all_kinds, off_system - all_kinds, lambda p: index.leader_of(p) is not None
         )
-    return [score_period(p, counts, leaders, directory, settings, index=index) for p in periods]
+    version = config.crm_version  # the configuration these leaders and weights came from
+    scored = [score_period(p, counts, leaders, directory, settings, index=index) for p in periods]
+    return [dataclasses.replace(s, config_version=version) for s in scored]
 
 
 def current_period(config: Config, now: datetime | None = None) -> Period:

@@ -156,3 +156,20 @@ def test_the_command_says_when_nobody_is_a_leader(
     assert capsys.readouterr().out == (
         "leaders 2026-W47 (weights 2026.1)\nno leaders ([leaders] users and roles name nobody)\n"
     )
+
+
+def test_a_period_names_the_crm_configuration_version_its_leaders_and_weights_came_from(
+    config: Config,
+) -> None:
+    from plugin.crm_config import Composed, apply
+    from plugin.leaders import leaders_snapshot
+    from plugin.storage import get_engine
+
+    engine = get_engine(config.storage.url)
+    period = "2026-W47"
+    assert leaders_snapshot(engine, config, period) == EXPECTED[period]  # the file alone: no version
+    weights = {**config.leaders.weights, "login": 3.0}
+    from_crm = apply(config, Composed(leaders={"weights": weights}, version="3f2a9c41d0be77aa"))
+    snapshot = leaders_snapshot(engine, from_crm, period)
+    assert snapshot["config_version"] == "3f2a9c41d0be77aa"
+    assert snapshot["leaders"] != EXPECTED[period]["leaders"]  # and the weights are the CRM's
