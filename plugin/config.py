@@ -576,6 +576,14 @@ def _known_crms(config: Config) -> list[str]:
     if config.crm.kind not in ("auto", "dry_run", *names):
         allowed = ", ".join(("auto", "dry_run", *names))
         errors.append(f"crm.kind: must be one of {allowed} (got {config.crm.kind!r})")
+    if config.crm_config.enabled and config.crm.primary in names:
+        side = registry.crm_side(config.crm.primary)
+        if side.read_config is None:
+            able = [n for n in names if registry.crm_side(n).read_config is not None]
+            errors.append(
+                f"crm_config.enabled: configuration records are read from the primary CRM, and "
+                f"{config.crm.primary!r} offers none (one of: {', '.join(able) or 'none'})"
+            )
     seen: dict[str, str] = {}
     for i, governed in enumerate(config.governed):
         if governed.crm not in names:

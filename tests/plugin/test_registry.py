@@ -143,6 +143,10 @@ def test_unknown_sections_and_crms_are_named(tmp_path: Path) -> None:
     ]
     with pytest.raises(ConfigError, match=r"governed\.1\.object: 'opportunity' is governed in two CRMs"):
         make_config(db, tmp_path, governed=two)
+    with pytest.raises(
+        ConfigError, match=r"crm_config\.enabled: .* 'dataverse' offers none \(one of: salesforce"
+    ):
+        make_config(db, tmp_path, **{"crm_config.enabled": True, "crm.primary": "dataverse"})
 
 
 class Recording:
