@@ -1,25 +1,37 @@
-"""OnRecord's HTTP API described once, rendered as OpenAPI 3.0 and as Swagger 2.0.
+"""OnRecord's HTTP API, rendered as OpenAPI 3.0 and as Swagger 2.0.
 
 GET /openapi.json is OpenAPI 3.0, for Salesforce External Services (Flow actions).
 GET /openapi-v2.json is Swagger 2.0, imported as a Power Automate custom connector: no oneOf or
 anyOf, the subscription operation marked ``x-ms-trigger`` with ``x-ms-notification-url`` on its
 callback and ``x-ms-notification-content`` describing what OnRecord posts, its DELETE internal.
 
-Both come from the tables below: schemas (JSON Schema, a ``$ref`` names another schema) and
-operations. ``x-ms-*`` extensions only make sense to Power Automate, so the 3.0 rendering drops
-them.
+Request bodies are not described here: each is a pydantic model that also validates it (the core's
+in plugin/api_models.py, a connector's in the ``OPENAPI_MODELS`` of its ``models`` module), and
+:func:`model_schemas` turns their JSON Schema (``model_json_schema``) into a definition per model,
+in the dialect both documents share: ``$defs`` become the documents' definitions / components,
+``anyOf [X, null]`` becomes X (``x-nullable`` in 2.0, ``nullable`` in 3.0), a model's docstring is
+its description, ``Field(title=...)`` a property's ``x-ms-summary``, ``Field(json_schema_extra=...)``
+its ``x-ms-*``; every schema has a ``type``. The responses (``RESPONSE_SCHEMAS``) and the
+operations are the tables below. ``x-ms-*`` extensions only make sense to Power Automate, so the
+3.0 rendering drops them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+import functools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, jsonify, request
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, models_json_schema
+from pydantic_core import CoreSchema
 
 from plugin import registry
+from plugin.api_models import CitationRequest, VerifyRequest
 from plugin.runtime import runtime
 
 TITLE: Final = "OnRecord"
@@ -40,7 +52,7 @@ Auth = Literal["api", "hook"]
 
 
 def ref(name: str) -> dict[str, Any]:
-    """A reference to another schema of SCHEMAS (resolved per rendering)."""
+    """A reference to another schema of :func:`schemas` (resolved per rendering)."""
     return {"$ref": name}
 
 
@@ -68,7 +80,8 @@ _SIGNAL_COUNTS: Final = {
     "dashboard_view": "CRM dashboards viewed.",
 }
 
-SCHEMAS: Final[dict[str, dict[str, Any]]] = {
+# What OnRecord answers (request bodies are models: see model_schemas).
+RESPONSE_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     "Error": _obj(
         "Why a request was refused.",
         {"error": _s("What went wrong."), "reason": _s("Machine-readable reason (also the metric label).")},
@@ -82,129 +95,6 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "ignored": {"type": "integer", "description": "Known events OnRecord does not process."},
         },
         ["stored", "duplicates", "ignored"],
-    ),
-    "RecordRef": _obj(
-        "The CRM record the flow created or updated.",
-        {"object": _s("API name, e.g. Opportunity."), "id": _s("Record id.")},
-        ["object", "id"],
-    ),
-    "FormSubmission": _obj(
-        "A form response, as the flow has it after 'Get response details'.",
-        {
-            "form_id": _s("The form's id."),
-            "form_name": _s("The form's title."),
-            "response_id": {
-                "type": "integer",
-                "description": "The response id: the Forms connector's integer (a string is accepted too).",
-            },
-            "responder": _s("The responder's e-mail or UPN (anonymous responses are refused)."),
-            "submitted_at": _s(
-                "When it was submitted: ISO 8601 with a time zone (Z or +hh:mm), or the Forms connector's "
-                "submitDate as 'Get response details' gives it, M/d/yyyy h:mm:ss AM|PM in UTC "
-                "(e.g. 8/27/2024 12:34:21 PM). A body without submitted_at may send submitDate instead."
-            ),
-            "record": ref("RecordRef"),
-            "answers": {
-                "type": "object",
-                "description": "Answers by stable names: text, numbers, booleans or lists of them.",
-                "additionalProperties": True,
-            },
-            "flow_run_id": _s("workflow()?['run']?['name']"),
-            "flow_name": _s("The flow's display name."),
-        },
-        ["form_id", "form_name", "response_id", "responder", "record", "answers"],
-    ),
-    "ApprovalResponder": _obj(
-        "Who responded.",
-        {
-            "id": _s("Entra ID object id (GUID)."),
-            "displayName": _s("Display name."),
-            "email": _s("E-mail."),
-            "tenantId": _s("Tenant id (GUID)."),
-            "userPrincipalName": _s("UPN."),
-        },
-        ["id", "tenantId", "userPrincipalName"],
-    ),
-    "ApprovalResponse": _obj(
-        "One approver's response.",
-        {
-            "responder": ref("ApprovalResponder"),
-            "requestDate": _s("When the approval was requested.", **_DATETIME),
-            "responseDate": _s("When this approver responded.", **_DATETIME),
-            "approverResponse": _s(
-                "The response as the approver chose it: Approve or Reject, or a custom response option "
-                "(1-200 characters, no control characters). Kept exactly; the approval policy's "
-                "approve_responses say which texts mean yes.",
-                maxLength=200,
-            ),
-            "comments": {
-                "type": "string",
-                "description": "The approver's comments (text), or null if none.",
-                "x-nullable": True,
-            },
-        },
-        ["responder", "requestDate", "responseDate", "approverResponse"],
-    ),
-    "ApprovalOutput": _obj(
-        "body('Start_and_wait_for_an_approval'), as the Approvals connector gives it.",
-        {
-            "name": _s("The approval's id (GUID)."),
-            "title": _s("The approval's title."),
-            "outcome": _s(
-                "One response's approverResponse (e.g. Approve, Reject, or a custom response), or every "
-                "response's approverResponse joined by ', ' as 'Everyone must approve' and 'Wait for all "
-                "responses' give it (e.g. 'Approve, Approve, Approve'). Case-sensitive."
-            ),
-            "requestDate": _s("When it was requested.", **_DATETIME),
-            "completionDate": _s("When it completed.", **_DATETIME),
-            "expirationDate": _s("When it expires.", **_DATETIME),
-            "responseSummary": _s("The connector's summary of the responses."),
-            "responses": {"type": "array", "items": ref("ApprovalResponse")},
-        },
-        ["name", "title", "outcome", "requestDate", "responses"],
-    ),
-    "ApprovalDecision": _obj(
-        "One stage's decision in the two-stage approval.",
-        {
-            "stage": _s(
-                "The stage: its number 1-20 (digits; a JSON integer is accepted too) or the name the "
-                "approval policy gives it, 1-80 characters matching ^[A-Za-z][A-Za-z0-9_ .-]{0,79}$ "
-                "(e.g. 'business strategy'). Legacy: 1 or business_strategy, 2 or finance."
-            ),
-            "record": ref("RecordRef"),
-            "flow_run_id": _s("workflow()?['run']?['name']"),
-            "approval": ref("ApprovalOutput"),
-        },
-        ["stage", "record", "approval"],
-    ),
-    "Signal": _obj(
-        "A leader signal born outside the CRM; unknown kinds are acknowledged and ignored.",
-        {
-            "kind": _s("training.attended (or training), citation.made, report.viewed, dashboard.viewed."),
-            "leader": _s("The leader's e-mail."),
-            "occurred_at": _s("When it happened, with a time zone.", **_DATETIME),
-            "id": _s("Unique id of the signal (a retry carries the same one)."),
-            "details": {"type": "object", "description": "Free details.", "additionalProperties": True},
-            "record": ref("RecordRef"),
-        },
-        ["kind", "leader", "occurred_at", "id"],
-    ),
-    "SubscriptionRequest": _obj(
-        "Subscribe a flow's trigger to OnRecord's notifications.",
-        {
-            "callback_url": _s(
-                "Where OnRecord POSTs notifications (filled in by Power Automate).",
-                format="uri",
-                **{"x-ms-notification-url": True, "x-ms-visibility": "internal", "title": "Callback URL"},
-            ),
-            "events": {
-                "type": "array",
-                "description": "The notifications the flow wants.",
-                "title": "Events",
-                "items": {"type": "string", "enum": list(TOPICS)},
-            },
-        },
-        ["callback_url", "events"],
     ),
     "Subscription": _obj(
         "A subscription; DELETE its Location to unsubscribe.",
@@ -318,16 +208,6 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
         },
         ["checkpoint", "consistency_proof"],
     ),
-    "VerifyRequest": _obj(
-        "Is this figure from the system?",
-        {
-            "object": _s("CRM object, e.g. Opportunity."),
-            "id": _s("Record id."),
-            "field": _s("Field API name, e.g. Amount."),
-            "value": _s("The value as quoted (numbers compare by value: 120000 equals 120000.0)."),
-        },
-        ["object", "id", "field", "value"],
-    ),
     "VerifyResult": _obj(
         "The verdict, and the sentence to say.",
         {
@@ -339,18 +219,6 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "statement": _s("What to say, e.g. 'CRM shows that ...'."),
         },
         ["verified", "reason", "statement"],
-    ),
-    "CitationRequest": _obj(
-        "A leader cites CRM data.",
-        {
-            "leader": _s("The leader's e-mail."),
-            "object": _s("CRM object."),
-            "id": _s("Record id."),
-            "field": _s("Field API name."),
-            "value": _s("The value cited."),
-            "occasion": _s("Where, e.g. 'Weekly pipeline review'."),
-        },
-        ["leader", "object", "id", "field", "value"],
     ),
     "Citation": _obj(
         "The signed citation (a statement of its own), counted as a leader signal.",
@@ -460,6 +328,97 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     ),
 }
 
+# -- request bodies, from their models ----------------------------------------------------------
+
+CORE_MODELS: Final[tuple[type[BaseModel], ...]] = (VerifyRequest, CitationRequest)
+
+
+class _Generator(GenerateJsonSchema):
+    """pydantic's JSON Schema without the titles it makes up from names (x-ms-summary does that)."""
+
+    def field_title_should_be_set(self, schema: CoreSchema) -> bool:
+        return False
+
+
+def connector_models() -> tuple[type[BaseModel], ...]:
+    """The request-body models the connectors document (each connector's `openapi_models`,
+    plugin/registry.py), in the registry's order."""
+    return tuple(model for connector in registry.connectors() for model in connector.openapi_models())
+
+
+_SUBSCHEMA: Final = frozenset({"items", "additionalProperties"})  # keys whose value is one schema
+_SUBSCHEMAS: Final = frozenset({"properties", "$defs"})  # keys whose value maps names to schemas
+
+
+def _neutral(schema: dict[str, Any], *, nullable: bool = False) -> dict[str, Any]:
+    """pydantic's JSON Schema in the dialect both documents share (see the module docstring)."""
+    if "anyOf" in schema:
+        options = [o for o in schema["anyOf"] if o != {"type": "null"}]
+        if len(options) != 1:
+            raise ValueError(f"a schema Swagger 2.0 cannot say: {schema}")
+        if "$ref" in options[0]:
+            return dict(options[0])  # a $ref takes no siblings
+        rest = {k: v for k, v in schema.items() if k != "anyOf"}
+        return _neutral({**rest, **options[0]}, nullable=len(options) < len(schema["anyOf"]))
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "default" and value is None:
+            continue
+        if key in _SUBSCHEMAS:
+            out[key] = {name: _neutral(item) for name, item in value.items()}
+        elif key in _SUBSCHEMA and isinstance(value, dict):
+            out[key] = _neutral(value)
+        else:
+            out[key] = copy.deepcopy(value)
+    if nullable:
+        out["x-nullable"] = True
+    if "$ref" not in out and "type" not in out and out != {}:
+        raise ValueError(f"a schema without a type: {schema}")
+    return out
+
+
+@functools.cache
+def model_schemas(models: tuple[type[BaseModel], ...]) -> dict[str, dict[str, Any]]:
+    """One definition per model and per model they use, named by class, with bare-name ``$ref``s."""
+    _, top = models_json_schema(
+        [(model, "validation") for model in models], ref_template="{model}", schema_generator=_Generator
+    )
+    definitions: dict[str, dict[str, Any]] = {}
+    for name, schema in top.get("$defs", {}).items():
+        definition = _neutral(schema)
+        if definition.get("title") == name:
+            del definition["title"]
+        definitions[name] = definition
+    return definitions
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    """Every schema the documents define: the request bodies' (from models) and the responses'."""
+    bodies = model_schemas((*CORE_MODELS, *connector_models()))
+    clash = set(bodies) & set(RESPONSE_SCHEMAS)
+    if clash:
+        raise ValueError(f"schemas defined twice: {sorted(clash)}")
+    return copy.deepcopy({**bodies, **RESPONSE_SCHEMAS})
+
+
+def _missing_refs(value: Any, names: Iterable[str]) -> set[str]:
+    known, missing = set(names), set()
+
+    def walk(item: Any) -> None:
+        if isinstance(item, dict):
+            target = item.get("$ref")
+            if isinstance(target, str) and target not in known:
+                missing.add(target)
+            for sub in item.values():
+                walk(sub)
+        elif isinstance(item, list | tuple):
+            for sub in item:
+                walk(sub)
+
+    walk(value)
+    return missing
+
+
 # -- operations ---------------------------------------------------------------------------------
 
 
@@ -477,7 +436,7 @@ class Param:
 
 @dataclass(frozen=True)
 class Reply:
-    """One response: status, description, body schema (a SCHEMAS name) and headers."""
+    """One response: status, description, body schema (a schemas() name) and headers."""
 
     status: str
     description: str
@@ -496,7 +455,7 @@ class Operation:
     description: str
     auth: Auth
     replies: tuple[Reply, ...]
-    body: str | None = None  # a SCHEMAS name
+    body: str | None = None  # a schemas() name: a request-body model's class name
     params: tuple[Param, ...] = ()
     extensions: Mapping[str, Any] = field(default_factory=dict)  # x-ms-*, Swagger 2.0 only
 
@@ -810,6 +769,28 @@ def _resolve(value: Any, prefix: str, *, keep_ms: bool) -> Any:
     return value
 
 
+def _checked_schemas() -> dict[str, dict[str, Any]]:
+    """:func:`schemas`, once every name an operation or schema refers to is known."""
+    found = schemas()
+    missing = _missing_refs([found, _operation_refs(), PATH_EXTENSIONS], found)
+    if missing:
+        raise ValueError(f"schemas referred to but not defined: {sorted(missing)}")
+    return found
+
+
+def _operation_refs() -> list[dict[str, str]]:
+    return [ref(name) for op in OPERATIONS for name in (op.body, *(r.schema for r in op.replies)) if name]
+
+
+def _v3_nullable(value: Any) -> Any:
+    """Swagger 2.0's ``x-nullable`` as OpenAPI 3.0's ``nullable``."""
+    if isinstance(value, dict):
+        return {("nullable" if k == "x-nullable" else k): _v3_nullable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_v3_nullable(v) for v in value]
+    return value
+
+
 def swagger2(base_url: str) -> dict[str, Any]:
     """The Swagger 2.0 document for a Power Automate custom connector."""
     parts = urlsplit(base_url)
@@ -866,7 +847,7 @@ def swagger2(base_url: str) -> dict[str, Any]:
         },
         "security": [{"api_token": []}],
         "paths": paths,
-        "definitions": SCHEMAS,
+        "definitions": _checked_schemas(),
     }
     _connector_extensions(document, base_url)
     resolved: dict[str, Any] = _resolve(document, "#/definitions/", keep_ms=True)
@@ -916,7 +897,7 @@ def openapi3(base_url: str, tenant_id: str = "") -> dict[str, Any]:
         "servers": [{"url": base_url}],
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": _v3_nullable(_checked_schemas()),
             "securitySchemes": {
                 "api_token": {
                     "type": "http",

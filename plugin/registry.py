@@ -117,6 +117,8 @@ class Connector:
     jobs: Callable[[Config], Sequence[Job]] = _nothing  # scheduled in the worker
     checks: Callable[[Config], Sequence[CheckLine]] = _nothing  # lines of `check`
     commands: Sequence[Command] = ()
+    # Request-body models (pydantic) of what flows send it: both OpenAPI documents describe them
+    openapi_models: Callable[[], Sequence[type[BaseModel]]] = _nothing
     crm: CrmSide | None = None
     ids: IdScheme | None = None
     # user.activity sources whose `login_type` values count as a person's interactive login

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel
+
 from connectors.power_automate.config import PowerAutomateConfig
 from plugin.registry import CheckLine, Connector
 
@@ -30,6 +32,12 @@ def _hooks() -> Mapping[str, Source]:
     from connectors.power_automate.views import HOOKS
 
     return HOOKS
+
+
+def _models() -> Sequence[type[BaseModel]]:
+    from connectors.power_automate.models import OPENAPI_MODELS
+
+    return OPENAPI_MODELS
 
 
 def _blueprints() -> Sequence[Blueprint]:
@@ -86,6 +94,7 @@ CONNECTOR = Connector(
     secrets=frozenset({"api_key"}),
     hooks=_hooks,
     blueprints=_blueprints,
+    openapi_models=_models,
     checks=_checks,
     api_verifier=_api_verifier,
     entra_tenant=lambda config: settings(config).entra_tenant_id,

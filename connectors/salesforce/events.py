@@ -43,13 +43,17 @@ the mobile app, a mobile dashboard, a preview or an export; or `IsScheduled`), a
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Final, TypeVar
+
+from pydantic import Field
 
 from connectors.salesforce.changes import take_in
 from connectors.salesforce.connector import settings as sf_settings
 from connectors.salesforce.ids import is_salesforce_id, same_id, to_18
 from plugin import signatures, strict_json
+from plugin.api_models import BodyModel, BodyRefused, Checked, fail, json_path, validate
 from plugin.events import Event
 from plugin.receive import Incoming, Parsed, Rejected, Source, json_ack, json_refusal
 
@@ -127,12 +131,13 @@ def parse(incoming: Incoming, sender: str) -> Parsed:
     activities: list[Event] = []
     own_user = sf_settings(rt.config).integration_user_id
     for position, (item, delivery_id) in enumerate(zip(items, delivery_ids, strict=True)):
-        where = f"events[{position}]" if "events" in body else "event"
+        at: Path = ("events", position) if "events" in body else ("event",)
+        where = json_path(at)
         kind = item.get("type") if isinstance(item, dict) else None
-        if kind in ACTIVITY_TYPES:
-            event, counts = _activity(item, where, str(kind), sender, incoming.digest)
+        if isinstance(kind, str) and kind in ACTIVITY_TYPES:  # a list or object type: refused below
+            event, counts = _activity(item, at, kind, sender, incoming.digest)
         else:
-            event, counts = _event(item, where, delivery_id, sender, incoming.digest), True
+            event, counts = _event(item, at, delivery_id, sender, incoming.digest), True
         if org_id and not same_id(event.data["org_id"], org_id):
             raise Rejected(403, "wrong_org", f"{where}.org_id is not the configured organisation")
         reason = None
@@ -151,161 +156,253 @@ def parse(incoming: Incoming, sender: str) -> Parsed:
     return Parsed(events=[*take_in(handled, rt.config, ignored), *activities], ignored=ignored)
 
 
-def _event(item: Any, where: str, delivery_id: str, sender: str, digest: str) -> Event:
-    kind, org = _envelope(item, where)
-    occurred_at = _datetime(item, "occurred_at", where)
-    obj = _string(item, "object", where)
-    if not _API_NAME.match(obj):
-        raise Rejected(400, "bad_field", f"{where}.object is not an API name")
-    record = item.get("record")
-    if not isinstance(record, dict):
-        raise Rejected(400, "missing_field", f"{where}.record must be an object")
-    record_id = _string(record, "Id", f"{where}.record")
-    if not is_salesforce_id(record_id):
-        raise Rejected(400, "bad_field", f"{where}.record.Id is not a Salesforce id")
-    actor = _string(record, "LastModifiedById", f"{where}.record")
-    if not is_salesforce_id(actor):
-        raise Rejected(400, "bad_field", f"{where}.record.LastModifiedById is not a Salesforce id")
-    _datetime(record, "SystemModstamp", f"{where}.record")
-    fields = {k: v for k, v in record.items() if k != "attributes"}
+# -- the body's shapes, as models (plugin/api_models.py) --------------------------------------------
+#
+# Refusals keep this endpoint's published reasons: missing_field (absent or null; a record that is
+# not an object), bad_field (anything else wrong in a member), bad_shape (the body's framing, above).
+
+M = TypeVar("M", bound=BodyModel)
+Path = tuple[str | int, ...]
+REASONS: Final = {"wrong_type": "missing_field", "invalid_value": "bad_field", "too_long": "bad_field"}
+
+
+def _string_check(max_len: int = 255, *, optional: bool = False) -> Callable[[Any], Any]:
+    def check(value: Any) -> str | None:
+        if value is None:
+            if optional:
+                return None
+            raise fail("missing_field", "is required")
+        if not isinstance(value, str) or not value or len(value) > max_len:
+            raise fail("bad_field", f"must be a non-empty string of at most {max_len} characters")
+        return value
+
+    return check
+
+
+def _string(max_len: int = 255, *, optional: bool = False) -> Checked:
+    return Checked(_string_check(max_len, optional=optional), {"type": "string", "maxLength": max_len})
+
+
+def _sf_id(prefix: str = "", what: str = "", *, optional: bool = False) -> Checked:
+    """A Salesforce id (15 or 18 characters, checksum checked), of ``what`` if a key prefix is given."""
+    string = _string_check(optional=optional)
+
+    def check(value: Any) -> str | None:
+        text = string(value)
+        if text is None:
+            return None
+        if not is_salesforce_id(text):
+            raise fail("bad_field", "is not a Salesforce id")
+        if not text.startswith(prefix):
+            raise fail("bad_field", f"is not {what} id ({prefix}...)")
+        return str(text)
+
+    return Checked(check, {"type": "string", "minLength": 15, "maxLength": 18})
+
+
+def _iso_datetime(value: Any) -> datetime:
+    raw = str(_string_check()(value))
+    try:
+        parsed = datetime.fromisoformat(raw)
+    except ValueError:
+        raise fail("bad_field", "is not an ISO 8601 date-time") from None
+    if parsed.tzinfo is None:
+        raise fail("bad_field", "must carry a time zone")
+    if not 2000 <= parsed.astimezone(UTC).year <= 2200:  # 0001 or 9999 would crash the worker later
+        raise fail("bad_field", "is out of range (years 2000 to 2200)")
+    return parsed
+
+
+def _event_date(value: Any) -> datetime:
+    """EventDate: ISO 8601 with a time zone, or milliseconds since the epoch (Pub/Sub API)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= MAX_EVENT_MS:
+            raise fail("bad_field", "is out of range")
+        return datetime.fromtimestamp(value / 1000, tz=UTC)
+    return _iso_datetime(value)
+
+
+def _flag(value: Any) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise fail("bad_field", "must be true or false")
+    return value
+
+
+def _one_of(kind: str) -> Checked:
+    objects = ACTIVITY_TYPES[kind][1]
+    string = _string_check()
+
+    def check(value: Any) -> str:
+        text = str(string(value))
+        if text not in objects:
+            raise fail("bad_field", f"must be one of {sorted(objects)} for {kind}")
+        return text
+
+    return Checked(check, {"type": "string", "enum": sorted(objects)})
+
+
+def _pattern(pattern: re.Pattern[str], mismatch: str) -> Checked:
+    string = _string_check()
+
+    def check(value: Any) -> str:
+        text = str(string(value))
+        if not pattern.match(text):
+            raise fail("bad_field", mismatch)
+        return text
+
+    return Checked(check, {"type": "string", "pattern": pattern.pattern})
+
+
+Text = Annotated[str, _string()]
+OptionalText = Annotated[str | None, _string(optional=True)]
+SalesforceId = Annotated[str, _sf_id()]
+IsoDateTime = Annotated[datetime, Checked(_iso_datetime, {"type": "string", "format": "date-time"})]
+UserId = Annotated[str, _sf_id(USER_PREFIX, "a user")]
+
+
+class Envelope(BodyModel):
+    """What every event carries."""
+
+    type: Annotated[str, _pattern(_TYPE, "is not an event type")] = Field(description="The event type.")
+    id: Text = Field(description="The event's id.")
+    org_id: SalesforceId = Field(description="The Salesforce organisation's id.")
+
+
+class ChangedRecord(BodyModel):
+    """The changed record's fields (all carried; these are checked)."""
+
+    Id: SalesforceId
+    LastModifiedById: SalesforceId
+    SystemModstamp: IsoDateTime
+
+
+class RecordChanged(Envelope):
+    """``record.changed`` (and any other type, checked in this shape and then ignored)."""
+
+    occurred_at: IsoDateTime
+    object: Annotated[str, _pattern(_API_NAME, "is not an API name")]
+    record: ChangedRecord
+
+
+class ReportEventRecord(BodyModel):
+    """A ReportEvent / ReportEventStream's fields OnRecord reads."""
+
+    EventIdentifier: Text
+    EventDate: Annotated[datetime, Checked(_event_date, {"type": "string", "format": "date-time"})]
+    UserId: UserId
+    ReportId: Annotated[str, _sf_id("00O", "a report")]
+    Operation: OptionalText = None
+    Username: OptionalText = None
+    IsScheduled: Annotated[bool | None, Checked(_flag, {"type": "boolean"})] = None
+    DashboardId: Annotated[str | None, _sf_id("01Z", "a dashboard", optional=True)] = None
+    ExecutionIdentifier: OptionalText = None
+    Name: OptionalText = None
+    EventSource: OptionalText = None
+
+
+class LightningUriEventRecord(BodyModel):
+    """A LightningUriEvent / LightningUriEventStream's fields OnRecord reads."""
+
+    EventIdentifier: Text
+    EventDate: Annotated[datetime, Checked(_event_date, {"type": "string", "format": "date-time"})]
+    UserId: UserId
+    RecordId: Annotated[str, _sf_id("01Z", "a dashboard")]
+    Operation: OptionalText = None
+    Username: OptionalText = None
+    # QueriedEntities: up to 1,000 characters (LightningUriEvent field reference)
+    QueriedEntities: Annotated[str | None, _string(1000, optional=True)] = None
+
+
+class ReportViewed(Envelope):
+    """``report.viewed``: a report run, from Real-Time Event Monitoring."""
+
+    object: Annotated[str, _one_of("report.viewed")]
+    record: ReportEventRecord
+
+
+class DashboardViewed(Envelope):
+    """``dashboard.viewed``: a Lightning record page view of a dashboard, from Event Monitoring."""
+
+    object: Annotated[str, _one_of("dashboard.viewed")]
+    record: LightningUriEventRecord
+
+
+def _checked(model: type[M], item: Any, at: Path) -> M:
+    """``item`` (the event at ``at`` in the body) validated by ``model``, or 400 naming the member."""
+    if not isinstance(item, dict):
+        raise Rejected(400, "bad_shape", f"{json_path(at)} must be an object")
+    try:
+        return validate(model, item, prefix=at, reasons=REASONS)
+    except BodyRefused as exc:
+        message = exc.message
+        if exc.reason == "missing_field" and exc.field == json_path((*at, "record")):
+            message = f"{exc.field} must be an object"
+        raise Rejected(400, exc.reason, message) from None
+
+
+def _event(item: Any, at: Path, delivery_id: str, sender: str, digest: str) -> Event:
+    event = _checked(RecordChanged, item, at)
+    fields = {k: v for k, v in item["record"].items() if k != "attributes"}
     return Event(
         source=SOURCE,
         delivery_id=delivery_id,
-        kind=kind,
-        occurred_at=occurred_at,
-        object=obj,
-        record_id=record_id,
-        actor=actor,
-        data={"org_id": org, "event_id": item["id"], "fields": fields},
+        kind=event.type,
+        occurred_at=event.occurred_at,
+        object=event.object,
+        record_id=event.record.Id,
+        actor=event.record.LastModifiedById,
+        data={"org_id": event.org_id, "event_id": event.id, "fields": fields},
         sender=sender,
         raw_digest=digest,
     )
 
 
-def _envelope(item: Any, where: str) -> tuple[str, str]:
-    """The type and org id every event carries, checked (and its id)."""
-    if not isinstance(item, dict):
-        raise Rejected(400, "bad_shape", f"{where} must be an object")
-    kind = _string(item, "type", where)
-    if not _TYPE.match(kind):
-        raise Rejected(400, "bad_field", f"{where}.type is not an event type")
-    _string(item, "id", where)
-    org = _string(item, "org_id", where)
-    if not is_salesforce_id(org):
-        raise Rejected(400, "bad_field", f"{where}.org_id is not a Salesforce id")
-    return kind, org
-
-
-def _activity(item: Any, where: str, kind: str, sender: str, digest: str) -> tuple[Event, bool]:
+def _activity(item: Any, at: Path, kind: str, sender: str, digest: str) -> tuple[Event, bool]:
     """A report or dashboard view from Event Monitoring, and whether it counts as a view."""
-    _, org = _envelope(item, where)
-    activity, objects, id_field, prefix = ACTIVITY_TYPES[kind]
-    obj = _string(item, "object", where)
-    if obj not in objects:
-        raise Rejected(400, "bad_field", f"{where}.object must be one of {sorted(objects)} for {kind}")
-    record = item.get("record")
-    if not isinstance(record, dict):
-        raise Rejected(400, "missing_field", f"{where}.record must be an object")
-    at = f"{where}.record"
-    identifier = _string(record, "EventIdentifier", at)
-    occurred_at = _event_date(record, at)
-    user_id = _id(record, "UserId", at, USER_PREFIX, "a user")
-    target = to_18(
-        _id(record, id_field, at, prefix, "a report" if kind == "report.viewed" else "a dashboard")
-    )
-    operation = _optional_string(record, "Operation", at)
-    username = _optional_string(record, "Username", at)
+    activity = ACTIVITY_TYPES[kind][0]
+    details: dict[str, Any]
+    envelope: ReportViewed | DashboardViewed
     if kind == "report.viewed":
-        scheduled = record.get("IsScheduled")
-        if scheduled is not None and not isinstance(scheduled, bool):
-            raise Rejected(400, "bad_field", f"{at}.IsScheduled must be true or false")
-        dashboard = record.get("DashboardId")
-        if dashboard is not None:
-            dashboard = to_18(_id(record, "DashboardId", at, "01Z", "a dashboard"))
-        counts = operation is None or operation in REPORT_VIEW_OPERATIONS
-        counts = counts and scheduled is not True
-        run = _optional_string(record, "ExecutionIdentifier", at) or identifier
-        delivery_id = f"ReportEvent:{run}"
+        report = _checked(ReportViewed, item, at)
+        envelope, record = report, report.record
+        operation = record.Operation
+        counts = (operation is None or operation in REPORT_VIEW_OPERATIONS) and record.IsScheduled is not True
+        delivery_id = f"ReportEvent:{record.ExecutionIdentifier or record.EventIdentifier}"
         details = {
-            "report_id": target,
-            "dashboard_id": dashboard,
-            "report_name": _optional_string(record, "Name", at),
-            "event_source": _optional_string(record, "EventSource", at),
+            "report_id": to_18(record.ReportId),
+            "dashboard_id": to_18(record.DashboardId) if record.DashboardId else None,
+            "report_name": record.Name,
+            "event_source": record.EventSource,
         }
     else:
+        dashboard = _checked(DashboardViewed, item, at)
+        envelope, view = dashboard, dashboard.record
+        operation = view.Operation
         counts = operation is None or operation in DASHBOARD_VIEW_OPERATIONS
-        delivery_id = f"LightningUriEvent:{identifier}"
-        # QueriedEntities: up to 1,000 characters (LightningUriEvent field reference)
-        entities = _optional_string(record, "QueriedEntities", at, max_len=1000)
-        details = {"dashboard_id": target, "queried_entities": entities}
+        delivery_id = f"LightningUriEvent:{view.EventIdentifier}"
+        details = {"dashboard_id": to_18(view.RecordId), "queried_entities": view.QueriedEntities}
+    seen = envelope.record
     data = {
         "activity": activity,
-        "org_id": org,
-        "event_id": item["id"],
-        "object": obj,
-        "event_identifier": identifier,
-        "operation": operation,
-        "username": username,
+        "org_id": envelope.org_id,
+        "event_id": envelope.id,
+        "object": envelope.object,
+        "event_identifier": seen.EventIdentifier,
+        "operation": seen.Operation,
+        "username": seen.Username,
         **details,
     }
     event = Event(
         source=SOURCE,
         delivery_id=delivery_id,
         kind="user.activity",
-        occurred_at=occurred_at,
-        actor=user_id,
+        occurred_at=seen.EventDate,
+        actor=seen.UserId,
         data={k: v for k, v in data.items() if v is not None},
         sender=sender,
         raw_digest=digest,
     )
     return event, counts
-
-
-def _id(obj: dict[str, Any], key: str, where: str, prefix: str, what: str) -> str:
-    value = _string(obj, key, where)
-    if not is_salesforce_id(value):
-        raise Rejected(400, "bad_field", f"{where}.{key} is not a Salesforce id")
-    if not value.startswith(prefix):
-        raise Rejected(400, "bad_field", f"{where}.{key} is not {what} id ({prefix}...)")
-    return value
-
-
-def _optional_string(obj: dict[str, Any], key: str, where: str, max_len: int = 255) -> str | None:
-    return None if obj.get(key) is None else _string(obj, key, where, max_len)
-
-
-def _event_date(record: dict[str, Any], where: str) -> datetime:
-    """EventDate: ISO 8601 with a time zone, or milliseconds since the epoch (Pub/Sub API)."""
-    raw = record.get("EventDate")
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        if not 0 <= raw <= MAX_EVENT_MS:
-            raise Rejected(400, "bad_field", f"{where}.EventDate is out of range")
-        return datetime.fromtimestamp(raw / 1000, tz=UTC)
-    return _datetime(record, "EventDate", where)
-
-
-def _string(obj: dict[str, Any], key: str, where: str, max_len: int = 255) -> str:
-    value = obj.get(key)
-    if value is None:
-        raise Rejected(400, "missing_field", f"{where}.{key} is required")
-    if not isinstance(value, str) or not value or len(value) > max_len:
-        raise Rejected(
-            400, "bad_field", f"{where}.{key} must be a non-empty string of at most {max_len} characters"
-        )
-    return value
-
-
-def _datetime(obj: dict[str, Any], key: str, where: str) -> datetime:
-    raw = _string(obj, key, where)
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError as exc:
-        raise Rejected(400, "bad_field", f"{where}.{key} is not an ISO 8601 date-time") from exc
-    if value.tzinfo is None:
-        raise Rejected(400, "bad_field", f"{where}.{key} must carry a time zone")
-    if not 2000 <= value.astimezone(UTC).year <= 2200:  # 0001 or 9999 would crash the worker later
-        raise Rejected(400, "bad_field", f"{where}.{key} is out of range (years 2000 to 2200)")
-    return value
 
 
 SALESFORCE_EVENTS = Source(

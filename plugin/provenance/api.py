@@ -36,6 +36,7 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from plugin import strict_json
 from plugin.api_auth import api_error, require_api_auth
+from plugin.api_models import BodyRefused, CitationRequest, VerifyRequest, validate
 from plugin.crm import CrmError
 from plugin.events import Event
 from plugin.identity import canonical_record_id
@@ -62,9 +63,6 @@ from plugin.storage import begin_write, provenance_statements
 blueprint = Blueprint("provenance", __name__)
 
 CITATION_SOURCE = "onrecord.citations"
-_API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
-_RECORD_ID = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 _TREE_SIZE = re.compile(r"^(0|[1-9][0-9]{0,17})$")
 
 
@@ -185,24 +183,15 @@ def _json_body() -> Any:
 
 
 def _figure_request(body: Any, *, citation: bool) -> dict[str, Any]:
+    """The body, checked by its model (plugin/api_models.py), with the record id made canonical."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
-    for name in ("object", "id", "field", *(("leader",) if citation else ())):
-        if not isinstance(body.get(name), str) or not body[name].strip():
-            raise BadRequest(f"{name} is required (a string)")
-    if not _API_NAME.match(body["object"]) or not _API_NAME.match(body["field"]):
-        raise BadRequest("object and field must be API names")
-    if not _RECORD_ID.match(body["id"]):
-        raise BadRequest("id is not a record id")
-    body["id"] = canonical_record_id(body["id"])  # a flow's 15-character id is the record's 18
-    if "value" not in body or isinstance(body["value"], dict | list):
-        raise BadRequest("value is required (a string, number, boolean or null)")
-    if citation:
-        if not _EMAIL.match(body["leader"].strip()):
-            raise BadRequest("leader must be an e-mail address")
-        occasion = body.get("occasion", "")
-        if not isinstance(occasion, str) or len(occasion) > 500:
-            raise BadRequest("occasion must be a string of at most 500 characters")
+    model: type[VerifyRequest | CitationRequest] = CitationRequest if citation else VerifyRequest
+    try:
+        figure = validate(model, body)
+    except BodyRefused as exc:
+        raise BadRequest(f"{exc.message} ({exc.reason})") from exc
+    body["id"] = canonical_record_id(figure.id)  # a flow's 15-character id is the record's 18
     return body
 
 
