@@ -20,7 +20,6 @@ from typing import Annotated, Any, Final
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from connectors.power_automate.subscriptions import TOPICS
 from plugin.api_models import (
     API_NAME_RE,
     RECORD_ID_RE,
@@ -35,6 +34,9 @@ from plugin.api_models import (
     text_check,
     timestamp,
 )
+
+# What a flow can subscribe to (POST /api/subscriptions): the notifications OnRecord sends.
+TOPICS: Final = ("approval.blocked", "approval.verified", "leader.champion")
 
 __all__ = [
     "OPENAPI_MODELS",

@@ -45,8 +45,11 @@ from connectors.power_automate.callbacks import (
     post_json,
     system_resolver,
 )
+from connectors.power_automate.models import SUBSCRIPTION_REASONS, SubscriptionRequest
+from connectors.power_automate.models import TOPICS as TOPICS  # what can be subscribed to, re-exported
 from plugin import strict_json
 from plugin.api_auth import api_error, require_api_auth
+from plugin.api_models import BodyRefused, validate
 from plugin.config import Config
 from plugin.crm import RecordResult
 from plugin.runtime import runtime
@@ -55,7 +58,6 @@ from plugin.storage import begin_write, subscription_deliveries, subscriptions
 log = logging.getLogger(__name__)
 
 # What a subscriber can be told about (Notification.topic).
-TOPICS: Final = ("approval.blocked", "approval.verified", "leader.champion")
 RETRYABLE_STATUSES: Final = frozenset({408, 425, 429})  # and every 5xx
 GONE_STATUSES: Final = frozenset({404, 410})  # the flow or its trigger no longer exists
 
@@ -95,16 +97,11 @@ def subscribe() -> Response:
         return api_error(400, exc.reason, exc.message)
     if not isinstance(body, dict):
         return api_error(400, "not_json", "body must be a JSON object {callback_url, events}")
-    url = body.get("callback_url")
-    events = body.get("events")
-    if not isinstance(url, str) or not url:
-        return api_error(400, "missing_field", "callback_url is required")
-    if (
-        not isinstance(events, list)
-        or not events
-        or not all(isinstance(e, str) and e in TOPICS for e in events)
-    ):
-        return api_error(400, "bad_field", f"events must be a non-empty list of {', '.join(TOPICS)}")
+    try:  # the model the OpenAPI documents describe, so the check and the contract are one
+        wanted = validate(SubscriptionRequest, body, reasons=SUBSCRIPTION_REASONS)
+    except BodyRefused as exc:
+        return api_error(400, exc.reason, exc.message)
+    url, events = wanted.callback_url, wanted.events
     try:
         check_url(url, CallbackPolicy.from_config(config))
     except CallbackRefused as exc:
