@@ -460,131 +460,12 @@ class Operation:
     extensions: Mapping[str, Any] = field(default_factory=dict)  # x-ms-*, Swagger 2.0 only
 
 
-_HOOK_DESCRIPTION = (
-    " Called by the flow's HTTP action with an Entra ID app-only token ('Active Directory OAuth') "
-    "or the shared key in X-OnRecord-Key; a retried delivery is stored once."
-)
-_KEY_PARAM = Param(
-    "X-OnRecord-Key",
-    "header",
-    "The shared key (ONRECORD_POWER_AUTOMATE__API_KEY), when not using an Entra ID token.",
-    required=False,
-    extensions={"x-ms-visibility": "advanced"},
-    summary="Shared Key",
-)
-
-
-def _hook_replies() -> tuple[Reply, ...]:
-    return (
-        Reply("200", "Stored (or a known event OnRecord ignores).", "ReceiveResult"),
-        Reply("400", "Not what Power Automate sends.", "Error"),
-        Reply("401", "Authentication failed; nothing stored.", "Error"),
-        Reply("413", "Body too large.", "Error"),
-        Reply("503", "Cannot store now, or authentication is not configured; retry.", "Error"),
-    )
-
-
-_API_ERRORS: Final = (
+API_ERRORS: Final = (
     Reply("401", "Missing or invalid bearer token.", "Error"),
     Reply("503", "Not configured, or cannot answer now; retry.", "Error"),
 )
 
 OPERATIONS: Final[tuple[Operation, ...]] = (
-    Operation(
-        "post",
-        "/hooks/power-automate/forms",
-        "SubmitForm",
-        "Record a form submission",
-        "A Microsoft Forms response and the CRM record the flow wrote from it." + _HOOK_DESCRIPTION,
-        "hook",
-        _hook_replies(),
-        body="FormSubmission",
-        params=(_KEY_PARAM,),
-        extensions={"x-ms-visibility": "internal"},
-    ),
-    Operation(
-        "post",
-        "/hooks/power-automate/approvals",
-        "RecordApprovalDecision",
-        "Record an approval stage's decision",
-        "One stage of the two-stage approval: the output of 'Start and wait for an approval'."
-        + _HOOK_DESCRIPTION,
-        "hook",
-        _hook_replies(),
-        body="ApprovalDecision",
-        params=(_KEY_PARAM,),
-        extensions={"x-ms-visibility": "internal"},
-    ),
-    Operation(
-        "post",
-        "/hooks/power-automate/signals",
-        "RecordSignal",
-        "Record a leader signal",
-        "Training attendance and other leader signals born outside the CRM." + _HOOK_DESCRIPTION,
-        "hook",
-        _hook_replies(),
-        body="Signal",
-        params=(_KEY_PARAM,),
-        extensions={"x-ms-visibility": "internal"},
-    ),
-    Operation(
-        "post",
-        "/api/subscriptions",
-        "CreateSubscription",
-        "When OnRecord blocks or verifies an approval, or names a champion",
-        "Subscribes the flow to OnRecord's notifications; Power Automate calls this when the flow is "
-        "saved and DELETEs the returned Location when the trigger is removed.",
-        "api",
-        (
-            Reply(
-                "201",
-                "Subscribed.",
-                "Subscription",
-                {"Location": "The subscription; DELETE it to unsubscribe."},
-            ),
-            Reply("400", "Bad callback URL (not https, host not allowed, not public) or events.", "Error"),
-            *_API_ERRORS,
-        ),
-        body="SubscriptionRequest",
-        extensions={
-            "x-ms-trigger": "single",
-            "x-ms-trigger-hint": (
-                "To see it work, complete an approval, or change an approval status in the CRM."
-            ),
-            "x-ms-visibility": "important",
-        },
-    ),
-    Operation(
-        "delete",
-        "/api/subscriptions/{id}",
-        "DeleteSubscription",
-        "Delete a subscription",
-        "Unsubscribes; answers 204 also when the subscription is already gone. Authorized by a "
-        "bearer token, or without one by the secret in the subscription's handle.",
-        "api",
-        (Reply("204", "Unsubscribed (or already gone)."), *_API_ERRORS),
-        params=(
-            Param(
-                "id",
-                "path",
-                "The subscription's handle, the last segment of its Location: <id>.<secret>, or the "
-                "bare id (then only with a bearer token).",
-                summary="Subscription ID",
-            ),
-        ),
-        extensions={"x-ms-visibility": "internal"},
-    ),
-    Operation(
-        "get",
-        "/api/connection",
-        "TestConnection",
-        "Test the connection",
-        "Answers 200 when the token is accepted and does nothing else: the connector's "
-        "testConnection, so a wrong token shows when the connection is made.",
-        "api",
-        (Reply("200", "The token was accepted.", "Connection"), *_API_ERRORS),
-        extensions={"x-ms-visibility": "internal"},
-    ),
     Operation(
         "get",
         "/api/provenance/{object}/{record_id}",
@@ -595,7 +476,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         (
             Reply("200", "The chain.", "Provenance"),
             Reply("404", "No statement for this record.", "Error"),
-            *_API_ERRORS,
+            *API_ERRORS,
         ),
         params=(
             Param("object", "path", "CRM object, e.g. Opportunity."),
@@ -615,7 +496,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
             Reply("200", "The checkpoint (text/plain), or with 'from' the proof (JSON).", "LogCheckpoint"),
             Reply("400", "'from' or 'to' is not a tree size of this log.", "Error"),
             Reply("404", "The log signed no checkpoint of size 'to'.", "Error"),
-            *_API_ERRORS,
+            *API_ERRORS,
         ),
         params=(
             Param("from", "query", "An older checkpoint's tree size: prove consistency from it.", False),
@@ -634,7 +515,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         (
             Reply("200", "The approval.", "Approval"),
             Reply("404", "Not approval-governed, or nothing seen of this record yet.", "Error"),
-            *_API_ERRORS,
+            *API_ERRORS,
         ),
         params=(
             Param("object", "path", "CRM object, e.g. Budget_Request__c."),
@@ -648,7 +529,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         "Verify a figure",
         "Is this figure from the system? The verdict, with the sentence to say in the meeting.",
         "api",
-        (Reply("200", "The verdict.", "VerifyResult"), Reply("400", "Bad request.", "Error"), *_API_ERRORS),
+        (Reply("200", "The verdict.", "VerifyResult"), Reply("400", "Bad request.", "Error"), *API_ERRORS),
         body="VerifyRequest",
     ),
     Operation(
@@ -661,7 +542,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         (
             Reply("201", "The signed citation.", "Citation"),
             Reply("400", "Bad request.", "Error"),
-            *_API_ERRORS,
+            *API_ERRORS,
         ),
         body="CitationRequest",
     ),
@@ -676,7 +557,7 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
         (
             Reply("200", "The leaders.", "Leaders"),
             Reply("400", "A malformed period (reason bad_period; the error says why).", "Error"),
-            *_API_ERRORS,
+            *API_ERRORS,
         ),
         params=(
             Param(
@@ -690,12 +571,20 @@ OPERATIONS: Final[tuple[Operation, ...]] = (
     ),
 )
 
-# Path-level extensions (Swagger 2.0 only).
-PATH_EXTENSIONS: Final[dict[str, dict[str, Any]]] = {
-    "/api/subscriptions": {
-        "x-ms-notification-content": {"description": "What OnRecord posts", "schema": ref("Notification")}
-    }
-}
+
+def operations() -> tuple[Operation, ...]:
+    """Every operation: each connector's (plugin/registry.py, `openapi_operations`), then the core's."""
+    found = [op for connector in registry.connectors() for op in connector.openapi_operations()]
+    return (*found, *OPERATIONS)
+
+
+def path_extensions() -> dict[str, dict[str, Any]]:
+    """Path-level extensions (Swagger 2.0 only), from the connectors whose paths they are."""
+    found: dict[str, dict[str, Any]] = {}
+    for connector in registry.connectors():
+        found.update({path: dict(ext) for path, ext in connector.openapi_path_extensions().items()})
+    return found
+
 
 # -- rendering ----------------------------------------------------------------------------------
 
@@ -772,14 +661,14 @@ def _resolve(value: Any, prefix: str, *, keep_ms: bool) -> Any:
 def _checked_schemas() -> dict[str, dict[str, Any]]:
     """:func:`schemas`, once every name an operation or schema refers to is known."""
     found = schemas()
-    missing = _missing_refs([found, _operation_refs(), PATH_EXTENSIONS], found)
+    missing = _missing_refs([found, _operation_refs(), path_extensions()], found)
     if missing:
         raise ValueError(f"schemas referred to but not defined: {sorted(missing)}")
     return found
 
 
 def _operation_refs() -> list[dict[str, str]]:
-    return [ref(name) for op in OPERATIONS for name in (op.body, *(r.schema for r in op.replies)) if name]
+    return [ref(name) for op in operations() for name in (op.body, *(r.schema for r in op.replies)) if name]
 
 
 def _v3_nullable(value: Any) -> Any:
@@ -795,7 +684,7 @@ def swagger2(base_url: str) -> dict[str, Any]:
     """The Swagger 2.0 document for a Power Automate custom connector."""
     parts = urlsplit(base_url)
     paths: dict[str, dict[str, Any]] = {}
-    for op in OPERATIONS:
+    for op in operations():
         params: list[dict[str, Any]] = [_v2_param(p) for p in op.params]
         if op.body:
             params.append(
@@ -828,7 +717,7 @@ def swagger2(base_url: str) -> dict[str, Any]:
         }
         if op.auth == "hook":
             operation["security"] = []  # Entra ID from the HTTP action, or the X-OnRecord-Key parameter
-        paths.setdefault(op.path, dict(PATH_EXTENSIONS.get(op.path, {})))[op.method] = operation
+        paths.setdefault(op.path, dict(path_extensions().get(op.path, {})))[op.method] = operation
     document = {
         "swagger": "2.0",
         "info": {"title": TITLE, "version": VERSION, "description": DESCRIPTION},
@@ -857,7 +746,7 @@ def swagger2(base_url: str) -> dict[str, Any]:
 def openapi3(base_url: str, tenant_id: str = "") -> dict[str, Any]:
     """The OpenAPI 3.0 document, for Salesforce External Services."""
     paths: dict[str, dict[str, Any]] = {}
-    for op in OPERATIONS:
+    for op in operations():
         operation: dict[str, Any] = {
             "operationId": op.operation_id,
             "summary": op.summary,

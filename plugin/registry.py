@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from plugin.crm_config import ConfigRecord
     from plugin.dispatch import Notifier
     from plugin.jobs import Job, JobRun
+    from plugin.openapi import Operation
     from plugin.receive import Source
     from plugin.runtime import Runtime
 
@@ -119,6 +120,9 @@ class Connector:
     commands: Sequence[Command] = ()
     # Request-body models (pydantic) of what flows send it: both OpenAPI documents describe them
     openapi_models: Callable[[], Sequence[type[BaseModel]]] = _nothing
+    # ... and the operations flows call (plugin.openapi.Operation), with Swagger path extensions
+    openapi_operations: Callable[[], Sequence[Operation]] = _nothing
+    openapi_path_extensions: Callable[[], Mapping[str, Mapping[str, Any]]] = dict
     crm: CrmSide | None = None
     ids: IdScheme | None = None
     # user.activity sources whose `login_type` values count as a person's interactive login

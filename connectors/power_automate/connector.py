@@ -4,7 +4,7 @@ webhook-trigger subscriptions and their notifier, Entra ID tokens for /api/*, it
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from plugin.config import Config
     from plugin.dispatch import Notifier
+    from plugin.openapi import Operation
     from plugin.receive import Source
     from plugin.runtime import Runtime
 
@@ -38,6 +39,18 @@ def _models() -> Sequence[type[BaseModel]]:
     from connectors.power_automate.models import OPENAPI_MODELS
 
     return OPENAPI_MODELS
+
+
+def _operations() -> Sequence[Operation]:
+    from connectors.power_automate.openapi import OPERATIONS
+
+    return OPERATIONS
+
+
+def _path_extensions() -> Mapping[str, Mapping[str, Any]]:
+    from connectors.power_automate.openapi import PATH_EXTENSIONS
+
+    return PATH_EXTENSIONS
 
 
 def _blueprints() -> Sequence[Blueprint]:
@@ -95,6 +108,8 @@ CONNECTOR = Connector(
     hooks=_hooks,
     blueprints=_blueprints,
     openapi_models=_models,
+    openapi_operations=_operations,
+    openapi_path_extensions=_path_extensions,
     checks=_checks,
     api_verifier=_api_verifier,
     entra_tenant=lambda config: settings(config).entra_tenant_id,
