@@ -7,8 +7,8 @@
     objects/OnRecord_Config_Status__c.object     what OnRecord made of each custom metadata record
     objects/OnRecord_Governed__mdt.object        custom metadata types: admins configure OnRecord
     objects/OnRecord_Approval_Stage__mdt.object    in Setup (governed objects, their approval
-    objects/OnRecord_Leader__mdt.object            stages, leaders, the score's settings); OnRecord
-    objects/OnRecord_Setting__mdt.object           does not read them yet
+    objects/OnRecord_Leader__mdt.object            stages, leaders, the score's settings), read
+    objects/OnRecord_Setting__mdt.object           with [crm_config] enabled
     permissionsets/OnRecord_Integration.permissionset   edit access for the integration user
     permissionsets/OnRecord_Viewer.permissionset        read access for everyone else
     reportTypes/OnRecord_Leader_Signals.reportType      a custom report type over the leader signals
