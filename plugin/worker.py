@@ -152,15 +152,17 @@ class Worker:
             keys = list(conn.execute(candidates).scalars())
             if not keys:
                 return []
-            stmt = _insert(conn)(key_leases).values(
-                [{"ordering_key": k, "owner": self.owner, "lease_until": now + self.lease} for k in keys]
-            )
+            # executemany, not .values([...]): a multi-row VALUES is compiled anew for every batch
+            # (~20 ms for 200 keys); this statement is compiled once and cached.
+            stmt = _insert(conn)(key_leases)
             stmt = stmt.on_conflict_do_update(
                 index_elements=["ordering_key"],
                 set_={"owner": stmt.excluded.owner, "lease_until": stmt.excluded.lease_until},
                 where=key_leases.c.lease_until <= now,
             ).returning(key_leases.c.ordering_key)
-            return list(conn.execute(stmt).scalars())
+            until = now + self.lease
+            rows = [{"ordering_key": k, "owner": self.owner, "lease_until": until} for k in keys]
+            return list(conn.execute(stmt, rows).scalars())
 
     # -- one pass -----------------------------------------------------------------------------
 
