@@ -281,7 +281,7 @@ class Worker:
     # -- timers ----------------------------------------------------------------------------------
 
     def fire_timers(self, now: datetime) -> int:
-        """Turn due timers into `timer.fired` inbox events (idempotent on the timer id)."""
+        """Turn due timers into `timer.fired` inbox events (idempotent on the timer)."""
         with begin_write(self.engine) as conn:
             stmt = sa.select(timers).where(timers.c.due_at <= now).order_by(timers.c.due_at).limit(500)
             if is_postgres(self.engine):
@@ -292,7 +292,10 @@ class Worker:
             events = [
                 Event(
                     source="timer",
-                    delivery_id=str(t.id),
+                    # Not the id alone: SQLite reuses the id of a deleted row when the table is
+                    # empty, and a second timer's event would then be taken for the first's
+                    # re-delivery and dropped (a Pending approval that never times out).
+                    delivery_id=f"{t.id}:{t.origin_event_id}:{t.rule}",
                     kind="timer.fired",
                     occurred_at=t.due_at,
                     data={"rule": t.rule, **t.data},

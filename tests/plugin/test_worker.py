@@ -153,6 +153,29 @@ def test_timers_wake_the_rule_that_asked(engine: sa.Engine, config: Config) -> N
     assert woken == [("grace", f"Opportunity/{record_id(1)}", T0 + timedelta(seconds=1, hours=1))]
 
 
+def test_a_timer_set_after_the_last_one_fired_fires_too(engine: sa.Engine, config: Config) -> None:
+    """SQLite gives a new row the id of a deleted one when the table is empty: the second timer's
+    event must not be taken for a re-delivery of the first's (an approval left Pending for ever)."""
+    woken: list[str] = []
+
+    def ask(ev: Event, st: StateReader, now: datetime) -> Outcome:
+        if ev.kind == "timer.fired":
+            woken.append(ev.ordering_key)
+            return Outcome()
+        return Outcome(timers=[Timer(key=ev.ordering_key, due_at=ev.occurred_at + timedelta(minutes=5))])
+
+    w = Worker(engine, [Rule("asker", frozenset({"record.changed", "timer.fired"}), ask)], lease_seconds=1)
+    store(engine, event(1))
+    w.run_once(T0)
+    w.run_once(T0 + timedelta(hours=1))  # the first timer fires; the timers table is empty again
+    w.run_once(T0 + timedelta(hours=2))
+    store(engine, event(2, record=2, at=T0 + timedelta(hours=2)))
+    w.run_once(T0 + timedelta(hours=3))
+    w.run_once(T0 + timedelta(hours=4))  # the second timer fires
+    w.run_once(T0 + timedelta(hours=5))
+    assert woken == [f"Opportunity/{record_id(1)}", f"Opportunity/{record_id(2)}"]
+
+
 def test_later_rules_see_earlier_rules_state_for_the_same_event(engine: sa.Engine) -> None:
     def first(ev: Event, st: StateReader, now: datetime) -> Outcome:
         return Outcome(state={"shared": (st.get("shared") or 0) + 1})
