@@ -129,7 +129,8 @@ def all_records(conn: sa.Connection) -> list[tuple[str, str, Mapping[str, Any]]]
 def approval(obj: str, record_id: str) -> Response:
     """The record's approval chain, verdict and reason."""
     rt = runtime()
-    if not any(g.object == obj and g.approval_field and g.stages for g in rt.config.governed):
+    config = rt.config_in_force  # the policies in force ([crm_config] included)
+    if not any(g.object == obj and g.approval_field and g.stages for g in config.governed):
         return api_error(404, "not_approval_governed", f"{obj} has no approval policy")
     record_id = canonical_record_id(record_id)
     with rt.engine.connect() as conn:
@@ -138,4 +139,4 @@ def approval(obj: str, record_id: str) -> Response:
         return api_error(
             404, "not_seen", f"OnRecord has seen no form, decision or status change of {obj}/{record_id}"
         )
-    return jsonify(describe(rt.config, current_directory(rt), obj, record_id, value))
+    return jsonify(describe(config, current_directory(rt), obj, record_id, value))

@@ -25,6 +25,33 @@ class Runtime:
     extensions: dict[str, Any] = field(default_factory=dict)
     _writers: dict[str, CrmWriter] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _in_force: Config | None = None
+    _follower: Any = None  # plugin.crm_config_job.CrmConfigFollower, built on first use
+    _config_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def config_in_force(self) -> Config:
+        """What is governed and who leads now: the file's configuration, or with [crm_config]
+        enabled the CRM's last good version (looked up at most every 2 s), so the receive path and
+        the API take in and judge by what the worker applies."""
+        if not self.config.crm_config.enabled:
+            return self.config
+        with self._config_lock:
+            if self._follower is None:
+                from plugin.crm_config_job import CrmConfigFollower, effective_config, stored_version
+
+                self._in_force = effective_config(self.config, self.engine)
+
+                def follow(applied: Config) -> None:
+                    self._in_force = applied
+
+                self._follower = CrmConfigFollower(self.config, self.engine, follow)
+                self._follower.version = stored_version(self.engine)
+                self._follower.check(force=False)  # arms its 2-second clock
+            else:
+                self._follower.check()
+            assert self._in_force is not None
+            return self._in_force
 
     @property
     def writer(self) -> CrmWriter:

@@ -114,7 +114,7 @@ def parse(incoming: Incoming, sender: str) -> Parsed:
     if ctx.message_name not in HANDLED_MESSAGES:
         return Parsed(events=[], ignored={"unhandled_message": 1})
     _check_handled(ctx)
-    config = incoming.runtime.config
+    config = incoming.runtime.config_in_force  # what is governed now ([crm_config] included)
     org = settings(config).organization_id
     if org and ctx.organization_id != org:
         # A copy of production (a sandbox) keeps the webhook, its key and the records' ids.

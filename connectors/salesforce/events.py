@@ -153,7 +153,7 @@ def parse(incoming: Incoming, sender: str) -> Parsed:
             activities.append(event)
         else:
             handled.append(event)
-    return Parsed(events=[*take_in(handled, rt.config, ignored), *activities], ignored=ignored)
+    return Parsed(events=[*take_in(handled, rt.config_in_force, ignored), *activities], ignored=ignored)
 
 
 # -- the body's shapes, as models (plugin/api_models.py) --------------------------------------------

@@ -133,7 +133,7 @@ def parse(incoming: Incoming, sender: str) -> Parsed:
         raise Rejected(403, "wrong_org", "OrganizationId is not the configured organization")
     ignored: dict[str, int] = {}
     received = to_events(msg, raw_digest=incoming.digest, sender=f"{msg.organization_id} {sender}")
-    return Parsed(events=take_in(received, config, ignored), ignored=ignored)
+    return Parsed(events=take_in(received, incoming.runtime.config_in_force, ignored), ignored=ignored)
 
 
 def acknowledge(result: StoreResult, parsed: Parsed) -> Reply:

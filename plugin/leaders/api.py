@@ -22,7 +22,9 @@ def leaders() -> Response:
     rt = runtime()
     period = request.args.get("period")
     try:
-        body = leaders_snapshot(rt.engine, rt.config, period or None, directory=current_directory(rt))
+        body = leaders_snapshot(
+            rt.engine, rt.config_in_force, period or None, directory=current_directory(rt)
+        )
     except PeriodError as exc:
         return api_error(400, "bad_period", str(exc))
     return jsonify(body)
