@@ -237,3 +237,31 @@ def test_retrying_a_dead_write_never_resends_a_field_written_again_since(
         rows = {r.id: r for r in conn.execute(sa.select(outbox))}
     assert (rows[1].status, rows[1].payload) == ("pending", {"StageName": "A"})
     assert rows[2].status == "dead"
+
+
+def test_outbox_counts_sent_history_only_so_far(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from plugin.commands import outbox as command
+    from tests.conftest import make_config
+
+    config = make_config(db_url, tmp_path)
+    engine = get_engine(config.storage.url)
+    migrate.upgrade(engine)
+    now = datetime.now(UTC)
+    row = {"target": "salesforce", "object": "Opportunity", "operation": "update", "payload": {"A": 1}}
+    row |= {"occurred_at": now, "attempts": 0, "next_attempt_at": now, "created_at": now, "sent_at": now}
+    with begin_write(engine) as conn:
+        conn.execute(outbox.insert(), [{**row, "record_key": f"k{i}", "status": "sent"} for i in range(5)])
+    monkeypatch.setattr(command, "SENT_COUNTED_UP_TO", 3)
+    command.run_outbox(argparse.Namespace(json=True, limit=2), config)
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["counts"] == {"pending": 0, "sent": 3, "dead": 0} and shown["sent_at_least"] is True
+    command.run_outbox(argparse.Namespace(json=False, limit=2), config)
+    assert "outbox: 0 pending, over 3 sent, 0 dead" in capsys.readouterr().out
+    monkeypatch.setattr(command, "SENT_COUNTED_UP_TO", 5)
+    command.run_outbox(argparse.Namespace(json=True, limit=2), config)
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["counts"]["sent"] == 5 and "sent_at_least" not in shown
