@@ -37,6 +37,7 @@ bench: $(VENV)/.installed-dev
 	$(PY) bench/leaders.py
 	$(PY) bench/pipeline.py
 	$(PY) bench/provenance_log.py
+	$(PY) bench/growth.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -144,6 +144,10 @@ outbox = sa.Table(
 )
 sa.Index("ix_outbox_due", outbox.c.status, outbox.c.next_attempt_at)
 sa.Index("ix_outbox_record", outbox.c.object, outbox.c.record_key, outbox.c.status)
+# `outbox` and `deadletters` list the oldest pending, newest sent and oldest dead rows by id: this
+# reads just those rows, where ix_outbox_due alone meant sorting every sent row (SQLite) or, by
+# PostgreSQL's statistics, walking the history by primary key to reach the pending rows at its end.
+sa.Index("ix_outbox_status", outbox.c.status, outbox.c.id)
 
 # What the dry-run CRM would have sent: one row per call, and the records as they would now stand.
 dryrun_calls = sa.Table(

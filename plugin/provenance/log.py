@@ -86,7 +86,8 @@ class Integrated:
 
 
 class StoredTree:
-    """The log's tree in the database, as a merkle.NodeSource: one query for leaves, one for nodes.
+    """The log's tree in the database, as a merkle.NodeSource: one query for leaves, one for nodes
+    (on PostgreSQL one for both).
 
     Plain driver SQL, rendered once per number of keys: building a SQLAlchemy expression of forty
     terms for each proof cost more than the lookups themselves.
@@ -99,6 +100,8 @@ class StoredTree:
         """The stored hashes of those of `ids` that are stored."""
         leaves = sorted({index for level, index in ids if level == 0})
         nodes = sorted({node for node in ids if node[0] > 0})
+        if self.conn.dialect.name == "postgresql":
+            return self._lookup_postgres(leaves, nodes)
         found: dict[merkle.NodeId, bytes] = {}
         style = self.conn.dialect.paramstyle
         for start in range(0, len(leaves), _KEYS_PER_QUERY):
@@ -111,6 +114,27 @@ class StoredTree:
             for level, index, value in self.conn.exec_driver_sql(_node_query(len(part), style), params):
                 found[(int(level), int(index))] = bytes(value)
         return found
+
+    def _lookup_postgres(self, leaves: list[int], nodes: list[merkle.NodeId]) -> dict[merkle.NodeId, bytes]:
+        """Leaves and nodes in one round trip, by arrays: one statement text whatever the count,
+        so the server plans it once (psycopg prepares it), where an OR of forty key lookups was
+        planned on every call. At 10 million leaves, interleaved on one database: inclusion proof
+        1.20 -> 0.84 ms, consistency proof 1.21 -> 0.69 ms, root 0.27 -> 0.35 ms (bench/growth.py)."""
+        levels, indices = [level for level, _ in nodes], [index for _, index in nodes]
+        if leaves and nodes:
+            rows = self.conn.exec_driver_sql(
+                _PG_LEAVES + " UNION ALL " + _PG_NODES, (leaves, levels, indices)
+            )
+        elif nodes:
+            rows = self.conn.exec_driver_sql(_PG_NODES, (levels, indices))
+        elif leaves:
+            rows = self.conn.exec_driver_sql(_PG_LEAVES, (leaves,))
+        else:
+            return {}
+        return {
+            (int(level), int(index)): _unhex(text) if level == 0 else bytes(value)
+            for level, index, text, value in rows
+        }
 
     def spans(self, spans: Sequence[tuple[int, int, int]]) -> dict[merkle.NodeId, bytes]:
         """The stored nodes (level, idx) with begin <= idx < end, for each (level, begin, end)."""
@@ -132,6 +156,18 @@ class StoredTree:
 
 
 _KEYS_PER_QUERY = 200  # well within SQLite's expression depth (1000) and bound-parameter limits
+
+# StoredTree.lookup on PostgreSQL: leaf hashes by log index and nodes by (level, idx), from arrays
+# (an index scan per key). No input in them: the keys are bound.
+_PG_LEAVES = (
+    f"SELECT 0 AS level, log_index AS idx, leaf_hash, NULL::bytea AS hash FROM {provenance_statements.name}"  # noqa: S608 - no input in it
+    " WHERE log_index = ANY(%s::bigint[])"
+)
+_PG_NODES = (
+    "SELECT t.level, t.idx, NULL AS leaf_hash, t.hash"  # noqa: S608 - no input in it
+    " FROM unnest(%s::smallint[], %s::bigint[]) AS k(level, idx)"
+    f" JOIN {provenance_tree.name} AS t ON t.level = k.level AND t.idx = k.idx"
+)
 
 
 @functools.lru_cache(maxsize=_KEYS_PER_QUERY + 1)
