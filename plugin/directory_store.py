@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine
 
 from plugin.config import Config, DirectoryPerson
 from plugin.directory import Directory, Person
+from plugin.jobs import JobRun
 from plugin.registry import canonical_id
 from plugin.storage import begin_write, directory, is_postgres
 
@@ -82,6 +83,26 @@ class DirectoryChange:
         return (
             f"{self.added} added, {self.updated} updated, {self.removed} removed, {self.unchanged} unchanged"
         )
+
+
+def refresh_from_crm(
+    engine: Engine | Callable[[], Engine],
+    source: str,
+    crm: str,
+    people: Iterable[Person],
+    counts: dict[str, int],
+    now: datetime,
+) -> JobRun:
+    """What a CRM's directory job does with the people it read: make them the directory's
+    `source` rows, log it, and return the job's new state (what was read, and what changed)."""
+    engine = engine if isinstance(engine, Engine) else engine()
+    change = replace_people(engine, source, people, now=now)
+    log.info(
+        f"directory refreshed from {crm}",
+        extra={**counts, "change": str(change), "reason": "directory_refreshed"},
+    )
+    state = {**counts, "refreshed_at": now.isoformat(), "added": change.added}
+    return JobRun(state={**state, "updated": change.updated, "removed": change.removed})
 
 
 def replace_people(

@@ -48,7 +48,7 @@ from sqlalchemy.engine import Engine
 
 from plugin.config import Config
 from plugin.directory import Person, address_owners
-from plugin.directory_store import replace_people
+from plugin.directory_store import refresh_from_crm
 from plugin.jobs import Job, JobRun, JobRunner
 
 if TYPE_CHECKING:
@@ -181,21 +181,7 @@ class DirectoryRefresh:
         """Read the users; make them the directory's "dataverse" rows."""
         reader = self._reader() if callable(self._reader) else self._reader
         people, counts = read_people(reader)
-        engine = self._engine if isinstance(self._engine, Engine) else self._engine()
-        change = replace_people(engine, SOURCE, people, now=now)
-        log.info(
-            "directory refreshed from Dataverse",
-            extra={**counts, "change": str(change), "reason": "directory_refreshed"},
-        )
-        return JobRun(
-            state={
-                **counts,
-                "refreshed_at": now.isoformat(),
-                "added": change.added,
-                "updated": change.updated,
-                "removed": change.removed,
-            }
-        )
+        return refresh_from_crm(self._engine, SOURCE, "Dataverse", people, counts, now)
 
 
 def directory_job(config: Config, engine: Engine | None = None, reader: Reader | None = None) -> Job:

@@ -62,7 +62,7 @@ from sqlalchemy.engine import Engine
 from connectors.salesforce.ids import is_salesforce_id, to_18
 from plugin.config import Config
 from plugin.directory import Person, address_owners
-from plugin.directory_store import replace_people
+from plugin.directory_store import refresh_from_crm
 from plugin.jobs import Job, JobRun, JobRunner
 
 log = logging.getLogger(__name__)
@@ -205,21 +205,7 @@ class DirectoryRefresh:
     def run(self, state: Mapping[str, Any], now: datetime) -> JobRun:
         """Read users and groups; make them the directory's "salesforce" rows."""
         people, counts = read_people(self._query)
-        engine = self._engine if isinstance(self._engine, Engine) else self._engine()
-        change = replace_people(engine, SOURCE, people, now=now)
-        log.info(
-            "directory refreshed from Salesforce",
-            extra={**counts, "change": str(change), "reason": "directory_refreshed"},
-        )
-        return JobRun(
-            state={
-                **counts,
-                "refreshed_at": now.isoformat(),
-                "added": change.added,
-                "updated": change.updated,
-                "removed": change.removed,
-            }
-        )
+        return refresh_from_crm(self._engine, SOURCE, "Salesforce", people, counts, now)
 
 
 def directory_job(config: Config, engine: Engine | None = None) -> Job:
