@@ -115,7 +115,7 @@ from plugin.storage import (  # noqa: E402
     provenance_statements,
     sqlite_connect,
 )
-from plugin.worker import Worker  # noqa: E402
+from plugin.worker import Worker, row_to_event  # noqa: E402
 
 PG_URL = os.environ.get("ONRECORD_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -645,19 +645,7 @@ def measure_queue(
     def pick_existing() -> None:
         with engine.connect() as conn:
             row = conn.execute(sa.select(inbox).where(inbox.c.id == rng.randint(1, rows))).one()
-        event = Event(
-            source=row.source,
-            delivery_id=row.delivery_id,
-            kind=row.kind,
-            occurred_at=row.occurred_at,
-            object=row.object,
-            record_id=row.record_id,
-            actor=row.actor,
-            data=row.data,
-            sender=row.sender,
-            raw_digest=row.raw_digest,
-        )
-        prepared[:] = prepare_rows(engine.dialect.name, [event], datetime.now(UTC))
+        prepared[:] = prepare_rows(engine.dialect.name, [row_to_event(row)], datetime.now(UTC))
 
     def redeliver() -> None:
         assert sink.write(prepared) == set()
