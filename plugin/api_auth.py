@@ -18,6 +18,7 @@ from flask import Response, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from plugin import registry
+from plugin.api_responses import Error
 from plugin.runtime import runtime
 
 P = ParamSpec("P")
@@ -87,7 +88,7 @@ def api_refusal(exc: ApiAuthError) -> Response:
 
 def api_error(status: int, reason: str, message: str) -> Response:
     """Every /api error: `{"error", "reason"}`, with the headers its status calls for."""
-    resp = jsonify({"error": message, "reason": reason})
+    resp = jsonify(Error(error=message, reason=reason).model_dump(mode="json"))
     resp.status_code = status
     if status == 401:
         resp.headers["WWW-Authenticate"] = 'Bearer realm="onrecord"'

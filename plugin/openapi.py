@@ -5,15 +5,17 @@ GET /openapi-v2.json is Swagger 2.0, imported as a Power Automate custom connect
 anyOf, the subscription operation marked ``x-ms-trigger`` with ``x-ms-notification-url`` on its
 callback and ``x-ms-notification-content`` describing what OnRecord posts, its DELETE internal.
 
-Request bodies are not described here: each is a pydantic model that also validates it (the core's
-in plugin/api_models.py, a connector's in the ``OPENAPI_MODELS`` of its ``models`` module), and
-:func:`model_schemas` turns their JSON Schema (``model_json_schema``) into a definition per model,
-in the dialect both documents share: ``$defs`` become the documents' definitions / components,
-``anyOf [X, null]`` becomes X (``x-nullable`` in 2.0, ``nullable`` in 3.0), a model's docstring is
-its description, ``Field(title=...)`` a property's ``x-ms-summary``, ``Field(json_schema_extra=...)``
-its ``x-ms-*``; every schema has a ``type``. The responses (``RESPONSE_SCHEMAS``) and the
-operations are the tables below. ``x-ms-*`` extensions only make sense to Power Automate, so the
-3.0 rendering drops them.
+No payload is described here. Each request body is a pydantic model that also validates it (the
+core's in plugin/api_models.py), and each response body a pydantic model the tests hold the real
+answers to (the core's in plugin/api_responses.py); a connector's, of either kind, are in the
+``OPENAPI_MODELS`` of its ``models`` module. :func:`model_schemas` turns their JSON Schema
+(``model_json_schema``) into a definition per model, in the dialect both documents share: ``$defs``
+become the documents' definitions / components, except the parts marked to be described inline
+where they are used (plugin.api_responses.InlinePart); ``anyOf [X, null]`` becomes X
+(``x-nullable`` in 2.0, ``nullable`` in 3.0); a model's docstring is its description,
+``Field(title=...)`` a property's ``x-ms-summary``, ``Field(json_schema_extra=...)`` its ``x-ms-*``;
+every schema has a ``type``. The operations are the tables below. ``x-ms-*`` extensions only make
+sense to Power Automate, so the 3.0 rendering drops them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pydantic_core import CoreSchema
 
 from plugin import registry
 from plugin.api_models import CitationRequest, VerifyRequest
+from plugin.api_responses import INLINE, RESPONSE_MODELS, SignalCounts
 from plugin.runtime import runtime
 
 TITLE: Final = "OnRecord"
@@ -44,7 +47,6 @@ DESCRIPTION: Final = (
 # whose Website is the deployment's own URL. Categories are from Microsoft's list, ';'-separated.
 CONTACT_NAME: Final = "OnRecord"
 CONNECTOR_CATEGORIES: Final = "Sales and CRM;Business Management"
-TOPICS: Final = ("approval.blocked", "approval.verified", "leader.champion")
 
 Auth = Literal["api", "hook"]
 
@@ -56,280 +58,14 @@ def ref(name: str) -> dict[str, Any]:
     return {"$ref": name}
 
 
-def _s(description: str, **kw: Any) -> dict[str, Any]:
-    return {"type": "string", "description": description, **kw}
+# GET /api/leaders: one count per leader signal kind (plugin.config.SIGNAL_KINDS, in order), as the
+# response model has them (tests/plugin/leaders/test_core.py holds the two lists together).
+_SIGNAL_COUNTS: Final = {name: info.description for name, info in SignalCounts.model_fields.items()}
 
 
-def _obj(description: str, properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object", "description": description, "properties": properties}
-    if required:
-        schema["required"] = required
-    return schema
+# -- request and response bodies, from their models ---------------------------------------------
 
-
-_DATETIME: Final = {"format": "date-time"}
-# GET /api/leaders: one count per leader signal kind (plugin.config.SIGNAL_KINDS, in order).
-_SIGNAL_COUNTS: Final = {
-    "login": "Interactive logins.",
-    "record_touched": "Governed records the leader changed.",
-    "form_approval": "Approval decisions given through the official form.",
-    "off_system_approval": "Approvals given outside the form.",
-    "training": "Trainings attended.",
-    "citation": "CRM figures cited.",
-    "report_view": "CRM reports viewed.",
-    "dashboard_view": "CRM dashboards viewed.",
-}
-
-# What OnRecord answers (request bodies are models: see model_schemas).
-RESPONSE_SCHEMAS: Final[dict[str, dict[str, Any]]] = {
-    "Error": _obj(
-        "Why a request was refused.",
-        {"error": _s("What went wrong."), "reason": _s("Machine-readable reason (also the metric label).")},
-        ["error", "reason"],
-    ),
-    "ReceiveResult": _obj(
-        "Acknowledgement: the request's events are stored (a retried delivery counts as a duplicate).",
-        {
-            "stored": {"type": "integer", "description": "Events newly stored."},
-            "duplicates": {"type": "integer", "description": "Re-deliveries of events already stored."},
-            "ignored": {"type": "integer", "description": "Known events OnRecord does not process."},
-        },
-        ["stored", "duplicates", "ignored"],
-    ),
-    "Subscription": _obj(
-        "A subscription; DELETE its Location to unsubscribe.",
-        {
-            "id": _s("Subscription id."),
-            "events": {"type": "array", "items": {"type": "string", "enum": list(TOPICS)}},
-            "created_at": _s("When it was created.", **_DATETIME),
-        },
-        ["id", "events", "created_at"],
-    ),
-    "NotificationData": {
-        "type": "object",
-        "description": "What happened; the fields present depend on the topic.",
-        "properties": {
-            "object": _s("CRM object of the record concerned."),
-            "record_id": _s("The record concerned."),
-            "reason": _s("Why an approval was blocked, or what verified it."),
-            "stage": {"type": "integer", "description": "The approval stage (1 or 2)."},
-            "actor": _s("Who acted."),
-            "leader": _s("The leader (leader.champion)."),
-            "period": _s("The period (leader.champion)."),
-            "score": {"type": "number", "description": "The leader's score (leader.champion)."},
-        },
-        "additionalProperties": True,
-    },
-    "Connection": _obj(
-        "The connection works: the token was accepted.",
-        {"ok": {"type": "boolean", "description": "Always true."}, "caller": _s("Who the token is.")},
-        ["ok", "caller"],
-    ),
-    "Notification": _obj(
-        "What OnRecord POSTs to a subscribed flow. The same id may arrive twice (at-least-once).",
-        {
-            "id": _s("Notification id: the same on a retried delivery."),
-            "topic": _s("What kind of notification.", enum=list(TOPICS)),
-            "occurred_at": _s("When the event behind it happened.", **_DATETIME),
-            "key": _s("What it is about, e.g. Opportunity/006... or actor/jane@contoso.com."),
-            "data": ref("NotificationData"),
-        },
-        ["id", "topic", "occurred_at", "data"],
-    ),
-    "Envelope": _obj(
-        "A DSSE envelope holding a signed in-toto statement.",
-        {
-            "payloadType": _s("application/vnd.in-toto+json"),
-            "payload": _s("The statement, base64.", format="byte"),
-            "signatures": {
-                "type": "array",
-                "items": _obj(
-                    "One signature.",
-                    {"keyid": _s("Key id (see /.well-known/onrecord-keys.json)."), "sig": _s("Base64.")},
-                    ["keyid", "sig"],
-                ),
-            },
-        },
-        ["payloadType", "payload", "signatures"],
-    ),
-    "InclusionProof": _obj(
-        "RFC 6962 inclusion proof of a statement in OnRecord's append-only log.",
-        {
-            "log_index": {"type": "integer", "description": "The statement's index in the log."},
-            "tree_size": {"type": "integer", "description": "Size of the tree the proof is for."},
-            "root_hash": _s("The tree's root hash (hex)."),
-            "hashes": {"type": "array", "items": {"type": "string"}, "description": "Audit path (hex)."},
-        },
-        ["log_index", "tree_size", "root_hash", "hashes"],
-    ),
-    "ProvenanceEntry": _obj(
-        "One statement of a record's chain, with its verification.",
-        {
-            "envelope": ref("Envelope"),
-            "verified": {"type": "boolean", "description": "Signature and chain link hold."},
-            "reason": _s(
-                "Why not, when not verified: unknown_key, signature_invalid, malformed, "
-                "statement_inconsistent, chain_broken, checkpoint_invalid, log_mismatch."
-            ),
-            "inclusion_proof": ref("InclusionProof"),
-        },
-        ["envelope", "verified"],
-    ),
-    "Provenance": _obj(
-        "A record's provenance chain, newest first.",
-        {
-            "object": _s("CRM object."),
-            "record_id": _s("Record id."),
-            "chain": {"type": "array", "items": ref("ProvenanceEntry")},
-            "checkpoint": _s("The log's latest signed checkpoint (c2sp.org/tlog-checkpoint signed note)."),
-        },
-        ["object", "record_id", "chain", "checkpoint"],
-    ),
-    "LogCheckpoint": _obj(
-        "The log's newest signed checkpoint and the consistency proof from an older tree size.",
-        {
-            "checkpoint": _s(
-                "The signed checkpoint: c2sp.org/tlog-checkpoint text (origin, tree size, base64 root "
-                "hash) in a c2sp.org/signed-note signed with OnRecord's Ed25519 key under the origin."
-            ),
-            "consistency_proof": _obj(
-                "RFC 6962 consistency proof (section 2.1.2) from the tree of from_size leaves.",
-                {
-                    "from_size": {"type": "integer", "description": "The older tree size asked for."},
-                    "tree_size": {"type": "integer", "description": "The checkpoint's tree size."},
-                    "hashes": {
-                        "type": "array",
-                        "items": {"type": "string"},
-                        "description": "The proof's hashes (hex); empty when from_size is 0 or tree_size.",
-                    },
-                },
-                ["from_size", "tree_size", "hashes"],
-            ),
-        },
-        ["checkpoint", "consistency_proof"],
-    ),
-    "VerifyResult": _obj(
-        "The verdict, and the sentence to say.",
-        {
-            "verified": {"type": "boolean", "description": "The value is the recorded, signed one."},
-            "reason": _s(
-                "Empty when verified; else value_differs, change_not_recorded, chain_broken, unknown_key, "
-                "signature_invalid, log_mismatch (or another reason of ProvenanceEntry)."
-            ),
-            "statement": _s("What to say, e.g. 'CRM shows that ...'."),
-        },
-        ["verified", "reason", "statement"],
-    ),
-    "Citation": _obj(
-        "The signed citation (a statement of its own), counted as a leader signal.",
-        {
-            "id": _s("Citation id: the sha256 of the signed citation statement."),
-            "envelope": ref("Envelope"),
-            "verified": {"type": "boolean", "description": "The cited value is the recorded, signed one."},
-            "reason": _s("Why not, when not verified."),
-            "statement": _s("What to say about the figure."),
-        },
-        ["id", "envelope", "verified", "reason", "statement"],
-    ),
-    "ApprovalStage": _obj(
-        "One stage of the chain.",
-        {
-            "name": _s("The stage, as the policy names it."),
-            "status": _s("approved, rejected or missing."),
-            "approved_at": _s("When the stage was decided (UTC), if approved."),
-            "approvers": {"type": "array", "items": {"type": "string"}, "description": "Who approved."},
-            "approver_names": {"type": "array", "items": {"type": "string"}, "description": "Their names."},
-            "problems": {
-                "type": "array",
-                "items": {"type": "string"},
-                "description": "Responses that did not count, and why.",
-            },
-        },
-        ["name", "status", "approvers", "approver_names", "problems"],
-    ),
-    "ApprovalChain": _obj(
-        "The record's latest form response and each stage's decisions, as of now.",
-        {
-            "status": _s("proven, failed or incomplete."),
-            "reasons": {"type": "array", "items": {"type": "string"}, "description": "Why not proven."},
-            "form_name": _s("The form, if a response was received."),
-            "response_id": _s("The form response."),
-            "requester": _s("Who submitted the form."),
-            "requester_name": _s("Their name."),
-            "submitted_at": _s("When (UTC)."),
-            "stages": {"type": "array", "items": ref("ApprovalStage")},
-        },
-        ["status", "reasons", "stages"],
-    ),
-    "ApprovalChange": _obj(
-        "A change of the approval field to an approved value, and how OnRecord judged it.",
-        {
-            "id": _s("The change's delivery id."),
-            "changed_at": _s("When it was made (UTC)."),
-            "actor": _s("Who made it (CRM user id)."),
-            "actor_name": _s("Their name."),
-            "value": _s("The value set."),
-            "verdict": _s("Verified, Pending, Blocked, or Baseline (approved before OnRecord saw it)."),
-            "reason": _s("Why, in words."),
-            "deadline": _s("Until when a Pending change waits for the flow's events."),
-            "reverted": {"type": "boolean", "description": "OnRecord reverted the value."},
-        },
-        ["id", "changed_at", "value", "verdict", "reason", "reverted"],
-    ),
-    "Approval": _obj(
-        "A record's approval: verdict, reason, chain and the changes judged.",
-        {
-            "object": _s("CRM object."),
-            "record_id": _s("Record id (18 characters for Salesforce)."),
-            "verdict": _s("Verified, Pending or Blocked (empty before any verdict)."),
-            "note": _s("What OnRecord wrote on the record, in words."),
-            "reason": _s("Why the verdict, in words."),
-            "judged_at": _s("When OnRecord gave the verdict (UTC)."),
-            "status_value": _s("The approval field's value as OnRecord last saw it."),
-            "status_by_name": _s("Who set it."),
-            "chain": ref("ApprovalChain"),
-            "changes": {"type": "array", "items": ref("ApprovalChange")},
-        },
-        ["object", "record_id", "verdict", "note", "reason", "chain", "changes"],
-    ),
-    "LeaderSignals": _obj(
-        "One leader's signals in the period.",
-        {
-            "email": _s("The leader's e-mail (empty when only the CRM user id is known)."),
-            "name": _s("The leader's name."),
-            "salesforce_id": _s("The leader's Salesforce user id, 18 characters (empty when unknown)."),
-            "counts": _obj(
-                "How many of each signal the leader gave in the period (retracted ones never count).",
-                {kind: {"type": "integer", "description": text} for kind, text in _SIGNAL_COUNTS.items()},
-                list(_SIGNAL_COUNTS),
-            ),
-            "score": {
-                "type": "number",
-                "description": "Sum of weight x count over the kinds, rounded to 0.1 (see weights_version).",
-            },
-            "trend": {"type": "number", "description": "Score minus the previous period's score."},
-            "champion_candidate": {"type": "boolean", "description": "A 'system champion' candidate."},
-        },
-        ["email", "name", "salesforce_id", "counts", "score", "trend", "champion_candidate"],
-    ),
-    "Leaders": _obj(
-        "Leaders' signals, scores, trends and champion candidates in one period, best score first.",
-        {
-            "period": _s("The period: an ISO week (2026-W48) or a day (2026-11-26)."),
-            "weights_version": _s("The version of the published weights the scores use."),
-            "leaders": {"type": "array", "items": ref("LeaderSignals")},
-            "champions": {
-                "type": "array",
-                "description": "The champion candidates' e-mails (a user id when no e-mail is known).",
-                "items": {"type": "string"},
-            },
-        },
-        ["period", "weights_version", "leaders", "champions"],
-    ),
-}
-
-# -- request bodies, from their models ----------------------------------------------------------
-
+# The core's request bodies (its answers are plugin/api_responses.py's RESPONSE_MODELS).
 CORE_MODELS: Final[tuple[type[BaseModel], ...]] = (VerifyRequest, CitationRequest)
 
 
@@ -341,8 +77,8 @@ class _Generator(GenerateJsonSchema):
 
 
 def connector_models() -> tuple[type[BaseModel], ...]:
-    """The request-body models the connectors document (each connector's `openapi_models`,
-    plugin/registry.py), in the registry's order."""
+    """The models the connectors document, request bodies and answers (each connector's
+    `openapi_models`, plugin/registry.py), in the registry's order."""
     return tuple(model for connector in registry.connectors() for model in connector.openapi_models())
 
 
@@ -379,26 +115,49 @@ def _neutral(schema: dict[str, Any], *, nullable: bool = False) -> dict[str, Any
 
 @functools.cache
 def model_schemas(models: tuple[type[BaseModel], ...]) -> dict[str, dict[str, Any]]:
-    """One definition per model and per model they use, named by class, with bare-name ``$ref``s."""
+    """One definition per model and per model they use, named by class, with bare-name ``$ref``s;
+    a model whose schema is marked ``INLINE`` (plugin.api_responses.InlinePart) is no definition but
+    written out where it is used."""
     _, top = models_json_schema(
         [(model, "validation") for model in models], ref_template="{model}", schema_generator=_Generator
     )
     definitions: dict[str, dict[str, Any]] = {}
+    parts: dict[str, dict[str, Any]] = {}  # described inline where used (plugin.api_responses.INLINE)
     for name, schema in top.get("$defs", {}).items():
         definition = _neutral(schema)
         if definition.get("title") == name:
             del definition["title"]
-        definitions[name] = definition
-    return definitions
+        if definition.pop(INLINE, False):
+            parts[name] = definition
+        else:
+            definitions[name] = definition
+    return {name: _inlined(definition, parts) for name, definition in definitions.items()}
+
+
+def _inlined(value: Any, parts: Mapping[str, dict[str, Any]]) -> Any:
+    """A copy with each ``$ref`` to one of ``parts`` replaced by that part (its siblings kept)."""
+    if isinstance(value, dict):
+        target = value.get("$ref")
+        if isinstance(target, str) and target in parts:
+            siblings = {k: v for k, v in value.items() if k != "$ref"}
+            return {**_inlined(parts[target], parts), **_inlined(siblings, parts)}
+        return {key: _inlined(item, parts) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_inlined(item, parts) for item in value]
+    return value
 
 
 def schemas() -> dict[str, dict[str, Any]]:
-    """Every schema the documents define: the request bodies' (from models) and the responses'."""
-    bodies = model_schemas((*CORE_MODELS, *connector_models()))
-    clash = set(bodies) & set(RESPONSE_SCHEMAS)
+    """Every schema the documents define, from the models: the core's request bodies and answers,
+    then each connector's."""
+    found = model_schemas((*CORE_MODELS, *RESPONSE_MODELS, *connector_models()))
+    # Two models of one class name (a connector's Error beside the core's, say) are not an error to
+    # pydantic: it names both after their modules (plugin__api_responses__Error). A document names
+    # each schema once, and flows know them by their names, so that is refused here.
+    clash = [name for name in found if "__" in name]
     if clash:
         raise ValueError(f"schemas defined twice: {sorted(clash)}")
-    return copy.deepcopy({**bodies, **RESPONSE_SCHEMAS})
+    return copy.deepcopy(found)
 
 
 def _missing_refs(value: Any, names: Iterable[str]) -> set[str]:

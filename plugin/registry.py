@@ -118,7 +118,7 @@ class Connector:
     jobs: Callable[[Config], Sequence[Job]] = _nothing  # scheduled in the worker
     checks: Callable[[Config], Sequence[CheckLine]] = _nothing  # lines of `check`
     commands: Sequence[Command] = ()
-    # Request-body models (pydantic) of what flows send it: both OpenAPI documents describe them
+    # Request and response models (pydantic) of its operations: both OpenAPI documents describe them
     openapi_models: Callable[[], Sequence[type[BaseModel]]] = _nothing
     # ... and the operations flows call (plugin.openapi.Operation), with Swagger path extensions
     openapi_operations: Callable[[], Sequence[Operation]] = _nothing

@@ -1,6 +1,8 @@
 """The bodies Power Automate flows send to OnRecord, each described once: these models validate them
 (connectors/power_automate/payloads.py turns a valid body into events) and plugin/openapi.py
-generates both OpenAPI documents' schemas from them.
+generates both OpenAPI documents' schemas from them. So are the connector's own answers and what it
+posts to a subscribed flow (:class:`Subscription`, :class:`Connection`, :class:`Notification`: the
+conventions of plugin/api_responses.py).
 
 What each member accepts, and why, is in payloads.py's docstring; the reason codes and the
 refusal's shape are plugin/api_models.py's. A model's docstring is its description in the
@@ -18,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from plugin.api_models import (
     API_NAME_RE,
@@ -34,6 +36,7 @@ from plugin.api_models import (
     text_check,
     timestamp,
 )
+from plugin.api_responses import DateTime, Omissible, ResponseModel
 
 # What a flow can subscribe to (POST /api/subscriptions): the notifications OnRecord sends.
 TOPICS: Final = ("approval.blocked", "approval.verified", "leader.champion")
@@ -46,10 +49,14 @@ __all__ = [
     "ApprovalOutput",
     "ApprovalResponder",
     "ApprovalResponse",
+    "Connection",
     "FormSubmission",
+    "Notification",
+    "NotificationData",
     "RecordRef",
     "Signal",
     "SignalHead",
+    "Subscription",
     "SubscriptionRequest",
 ]
 
@@ -530,5 +537,73 @@ def match_outcome_list(outcome: str, answers: Sequence[str]) -> tuple[str, ...] 
     return tuple(order) if walk(0) else None
 
 
-# The request bodies plugin/openapi.py documents (their parts come along as $defs).
-OPENAPI_MODELS: Final = (FormSubmission, ApprovalDecision, Signal, SubscriptionRequest)
+# -- what OnRecord answers and posts -----------------------------------------------------------
+
+
+def _topic(value: Any) -> str:
+    if not isinstance(value, str) or value not in TOPICS:
+        raise fail("invalid_value", f"must be one of {', '.join(TOPICS)}")
+    return value
+
+
+Topic = Annotated[str, Checked(_topic, {"type": "string", "enum": list(TOPICS)})]
+
+
+class Subscription(ResponseModel):
+    """A subscription; DELETE its Location to unsubscribe."""
+
+    id: str = Field(description="Subscription id.")
+    events: list[Topic]
+    created_at: DateTime = Field(description="When it was created.")
+
+
+class Connection(ResponseModel):
+    """The connection works: the token was accepted."""
+
+    ok: bool = Field(description="Always true.")
+    caller: str = Field(description="Who the token is.")
+
+
+class NotificationData(ResponseModel):
+    """What happened; the fields present depend on the topic."""
+
+    # Open: each topic adds members of its own (the rules' notification data), and a flow reads the
+    # ones it knows.
+    model_config = ConfigDict(extra="allow")
+
+    object: Omissible[str] = Field(default=None, description="CRM object of the record concerned.")
+    record_id: Omissible[str] = Field(default=None, description="The record concerned.")
+    reason: Omissible[str] = Field(
+        default=None, description="Why an approval was blocked, or what verified it."
+    )
+    stage: Omissible[int] = Field(default=None, description="The approval stage (1 or 2).")
+    # null when the CRM did not say who changed the record
+    actor: str | None = Field(default=None, description="Who acted.")
+    leader: Omissible[str] = Field(default=None, description="The leader (leader.champion).")
+    period: Omissible[str] = Field(default=None, description="The period (leader.champion).")
+    score: Omissible[float] = Field(default=None, description="The leader's score (leader.champion).")
+
+
+class Notification(ResponseModel):
+    """What OnRecord POSTs to a subscribed flow. The same id may arrive twice (at-least-once)."""
+
+    id: str = Field(description="Notification id: the same on a retried delivery.")
+    topic: Topic = Field(description="What kind of notification.")
+    occurred_at: DateTime = Field(description="When the event behind it happened.")
+    key: Omissible[str] = Field(
+        default=None, description="What it is about, e.g. Opportunity/006... or actor/jane@contoso.com."
+    )
+    data: NotificationData
+
+
+# What plugin/openapi.py documents for this connector: the request bodies, then the answers and the
+# notification (their parts come along as $defs).
+OPENAPI_MODELS: Final = (
+    FormSubmission,
+    ApprovalDecision,
+    Signal,
+    SubscriptionRequest,
+    Subscription,
+    Connection,
+    Notification,
+)

@@ -45,7 +45,12 @@ from connectors.power_automate.callbacks import (
     post_json,
     system_resolver,
 )
-from connectors.power_automate.models import SUBSCRIPTION_REASONS, SubscriptionRequest
+from connectors.power_automate.models import (
+    SUBSCRIPTION_REASONS,
+    Connection,
+    Subscription,
+    SubscriptionRequest,
+)
 from connectors.power_automate.models import TOPICS as TOPICS  # what can be subscribed to, re-exported
 from plugin import strict_json
 from plugin.api_auth import api_error, require_api_auth
@@ -123,7 +128,8 @@ def subscribe() -> Response:
             )
         )
     log.info("subscription created", extra={"subscription": subscription_id, "topics": topics})
-    resp = jsonify({"id": handle, "events": topics, "created_at": now.isoformat().replace("+00:00", "Z")})
+    created = now.isoformat().replace("+00:00", "Z")
+    resp = jsonify(Subscription(id=handle, events=topics, created_at=created).model_dump(mode="json"))
     resp.status_code = 201
     base = config.api.public_url or request.root_url.rstrip("/")  # root_url: with a proxy's prefix
     resp.headers["Location"] = f"{base}/api/subscriptions/{handle}"
@@ -134,7 +140,7 @@ def subscribe() -> Response:
 @require_api_auth
 def connection() -> Response:
     """Does nothing but authenticate: the connector's testConnection, so a bad token shows at once."""
-    return jsonify({"ok": True, "caller": str(g.api_caller)})
+    return jsonify(Connection(ok=True, caller=str(g.api_caller)).model_dump(mode="json"))
 
 
 @blueprint.delete("/api/subscriptions/<handle>")

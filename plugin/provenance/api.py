@@ -37,6 +37,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from plugin import strict_json
 from plugin.api_auth import api_error, require_api_auth
 from plugin.api_models import BodyRefused, CitationRequest, VerifyRequest, validate
+from plugin.api_responses import Citation, ConsistencyProof, Envelope, LogCheckpoint, VerifyResult
 from plugin.crm import CrmError
 from plugin.events import Event
 from plugin.identity import canonical_record_id
@@ -166,12 +167,8 @@ def checkpoint() -> Response:
             hashes = consistency(conn, old, size)
     except LogCorrupted as exc:
         return api_error(500, "log_corrupted", str(exc))
-    return jsonify(
-        {
-            "checkpoint": note,
-            "consistency_proof": {"from_size": old, "tree_size": size, "hashes": [h.hex() for h in hashes]},
-        }
-    )
+    proof = ConsistencyProof(from_size=old, tree_size=size, hashes=[h.hex() for h in hashes])
+    return jsonify(LogCheckpoint(checkpoint=note, consistency_proof=proof).model_dump(mode="json"))
 
 
 def _json_body() -> Any:
@@ -220,7 +217,8 @@ def verify_figure() -> Response:
     except KeyStoreError as exc:
         return api_error(503, "no_signing_key", str(exc))
     result = _judge(rt, loaded, body)
-    return jsonify({"verified": result.verified, "reason": result.reason, "statement": result.statement})
+    answer = VerifyResult(verified=result.verified, reason=result.reason, statement=result.statement)
+    return jsonify(answer.model_dump(mode="json"))
 
 
 @blueprint.post("/api/citations")
@@ -257,6 +255,15 @@ def cite() -> Response:
     payload = payload_of(statement)
     envelope = sign_envelope(payload, key)
     digest = statement_digest(payload)
+    # The answer, through the model the OpenAPI documents describe: built before anything is stored,
+    # so a citation is never stored without its answer.
+    citation = Citation(
+        id=digest,
+        envelope=Envelope.model_validate(envelope),
+        verified=result.verified,
+        reason=result.reason,
+        statement=result.statement,
+    )
     event = Event(
         source=CITATION_SOURCE,
         delivery_id=digest,
@@ -290,14 +297,6 @@ def cite() -> Response:
         )
         insert_events(conn, [event], now)
     integrate(rt.engine, key, rt.config.provenance.log_origin, now)
-    resp = jsonify(
-        {
-            "id": digest,
-            "envelope": envelope,
-            "verified": result.verified,
-            "reason": result.reason,
-            "statement": result.statement,
-        }
-    )
+    resp = jsonify(citation.model_dump(mode="json"))
     resp.status_code = 201
     return resp
