@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from plugin import json_codec
 from plugin.config import Config
 from plugin.jobs import Job, JobRun
 from plugin.storage import begin_write, inbox
@@ -31,7 +32,9 @@ INTERVAL_SECONDS = 3600.0
 BATCH = 5000
 MAX_BATCHES = 20
 PRUNED: dict[str, Any] = {"pruned": True}
-_PRUNED_TEXT = json.dumps(PRUNED)  # as sa.JSON stores it, on SQLite and on PostgreSQL
+# As sa.JSON stores it, on SQLite and on PostgreSQL: compact since storage writes JSON through
+# plugin.json_codec, with spaces in rows pruned before (the standard library's default).
+_PRUNED_TEXTS = (json_codec.dumps(PRUNED), json.dumps(PRUNED))
 
 
 class Retention:
@@ -93,7 +96,7 @@ class Retention:
         conditions = [
             inbox.c.status == "done",
             inbox.c.received_at < cutoff,
-            sa.cast(inbox.c.data, sa.Text) != _PRUNED_TEXT,
+            sa.cast(inbox.c.data, sa.Text).not_in(_PRUNED_TEXTS),
         ]
         if start is not None:
             conditions.append(inbox.c.received_at >= start)

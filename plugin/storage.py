@@ -7,7 +7,7 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+
+from plugin import json_codec
 
 
 class UtcDateTime(sa.types.TypeDecorator[datetime]):
@@ -35,6 +37,43 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    # On SQLite the value is text. SQLAlchemy's own DATETIME processors format and parse it field
+    # by field in Python, on every row the worker and the dispatcher write or read (a tenth of the
+    # worker's time per event); isoformat and fromisoformat do the same in C, in the same format
+    # ("2026-11-28 14:55:15.089000", what SQLAlchemy has always written here).
+    def bind_processor(self, dialect: sa.Dialect) -> Callable[[Any], Any] | None:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def process(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is not UTC:
+                if value.tzinfo is None:
+                    raise ValueError("naive datetime: OnRecord stores only timezone-aware times")
+                value = value.astimezone(UTC)
+            return value.isoformat(" ", "microseconds")[:26]  # without its "+00:00"
+
+        return process
+
+    def result_processor(self, dialect: sa.Dialect, coltype: Any) -> Callable[[Any], Any] | None:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+        fallback = super().result_processor(dialect, coltype)
+
+        def process(value: Any) -> datetime | None:
+            if isinstance(value, str):
+                try:
+                    parsed = datetime.fromisoformat(value + "+00:00")  # UTC itself as its tzinfo
+                except ValueError:
+                    pass
+                else:
+                    if parsed.tzinfo is UTC:  # not so for a date alone ("2026-11-28+00:00")
+                        return parsed
+            return fallback(value) if fallback is not None else value
+
+        return process
 
 
 metadata = sa.MetaData()
@@ -227,11 +266,14 @@ def make_engine(url: str) -> Engine:
             pool_size=8,
             max_overflow=16,
             poolclass=sa.pool.QueuePool,
+            json_serializer=json_codec.dumps,
         )
         sa.event.listen(engine, "connect", _sqlite_on_connect)
         sa.event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    return sa.create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=True)
+    return sa.create_engine(
+        url, pool_size=8, max_overflow=16, pool_pre_ping=True, json_serializer=json_codec.dumps
+    )
 
 
 def _private_file(path: Path) -> None:

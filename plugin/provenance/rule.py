@@ -20,13 +20,12 @@ and a change older than the one last recorded (an out-of-order re-delivery).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from plugin import registry
+from plugin import json_codec, registry
 from plugin.config import Config
 from plugin.directory import Directory
 from plugin.events import CrmWrite, Event, Fact, Outcome
@@ -412,7 +411,7 @@ def _sign(
             f.source: attribution.source_text(),
             f.recorded_at: iso(now),
             f.digest: f"sha256:{digest_of_values}",
-            f.signature: json.dumps(envelope, separators=(",", ":")),
+            f.signature: json_codec.dumps(envelope),
         },
     )
     return Outcome(

@@ -77,6 +77,18 @@ def test_old_done_payloads_are_pruned_and_nothing_else_changes(engine: sa.Engine
     assert rows(engine) == after
 
 
+def test_rows_pruned_before_json_was_written_compact_are_not_pruned_again(engine: sa.Engine) -> None:
+    # Earlier versions stored PRUNED as the standard library writes it, with a space.
+    add(engine, "pruned-long-ago", days_ago=90, status="done")
+    with begin_write(engine) as conn:
+        conn.execute(
+            sa.text("UPDATE inbox SET data = :d WHERE delivery_id = 'pruned-long-ago'"),
+            {"d": '{"pruned": true}'},
+        )
+    assert rows(engine)["pruned-long-ago"].data == PRUNED
+    assert Retention(30, engine, batch=3)._prune_batch(start=None, cutoff=NOW - timedelta(days=30)) == []
+
+
 def test_a_run_is_bounded_and_the_next_continues(engine: sa.Engine) -> None:
     seed(engine)
     retention = Retention(30, engine, batch=2, max_batches=2)

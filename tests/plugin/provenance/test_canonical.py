@@ -113,3 +113,22 @@ def test_the_fast_path_is_taken_for_a_typical_statement() -> None:
     statement = {"predicate": {"entity": {"values": {"Amount": 120000, "Name": "Acme — renewal \n"}}}}
     assert _plain(statement)
     assert not _plain({"Amount": 120000.5}) and not _plain({"\ue000": 1}) and not _plain(2**53)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": [1, {"b": [None, True, 1.5]}]},  # a float deep inside
+        {"a": {"b": "x\ud800"}},  # a lone surrogate in a nested value
+        {"a": [{"\ud800": 1}]},  # ... and in a nested key
+        {"a": [{1: "x"}]},  # a key that is not a string
+        [[[-(2**53)]]],  # beyond JSON's safe integers
+        {"a": ("tuple",)},  # not a JSON type
+    ],
+)
+def test_anything_the_fast_path_cannot_write_exactly_is_found_however_deep(value: object) -> None:
+    assert not _plain(value)
+
+
+def test_plain_values_of_every_kind_take_the_fast_path() -> None:
+    assert _plain({"a": [None, True, False, 0, -(2**53 - 1), "é", {"ü": ["x"]}], "b": {}})
