@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+import plugin.dispatch
 from plugin import migrate
 from plugin.config import Config
 from plugin.crm import CrmError, CrmPaused, RecordResult, WriteBatch
@@ -225,20 +226,51 @@ def test_dry_run_writer_records_calls_and_the_records_as_they_would_stand(engine
     assert writer.read_fields("Opportunity", "nope", ["Amount"]) is None
 
 
-def test_a_dispatcher_that_lost_its_lease_mid_pass_stops_sending(engine: sa.Engine) -> None:
+def test_a_dispatcher_that_lost_its_lease_mid_pass_stops_sending(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     enqueue(engine, [(f"rec{i:04d}", {"Amount": i}) for i in range(600)])
+    clock = [1000.0]
+    monkeypatch.setattr("plugin.dispatch.time.monotonic", lambda: clock[0])
 
     class SlowWriter(ScriptedWriter):
         def write_batch(self, batch: WriteBatch) -> list[RecordResult]:
-            # While this call runs, another worker takes the lease over (ours expired).
-            Dispatcher(engine, ScriptedWriter(), owner="usurper").run_once(
-                datetime.now(UTC) + timedelta(hours=1)
-            )
+            # This call takes an hour; meanwhile another worker takes the lease over (ours expired).
+            clock[0] += 3600
+            Dispatcher(engine, ScriptedWriter(), owner="usurper").run_once(T0 + timedelta(seconds=3590))
             return super().write_batch(batch)
 
     slow = SlowWriter()
     result = Dispatcher(engine, slow, owner="slow", lease_seconds=60).run_once(T0)
     assert len(slow.batches) == 1 and result.calls == 1  # it noticed and stopped after one call
+
+
+def test_a_lease_is_renewed_once_a_third_of_it_has_passed_not_before_each_call(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enqueue(engine, [(f"rec{i:04d}", {"Amount": i}) for i in range(600)])
+    renewals: list[tuple[str, datetime]] = []
+    real = plugin.dispatch.hold_lease
+
+    def counting(engine: sa.Engine, name: str, owner: str, at: datetime, duration: timedelta) -> bool:
+        renewals.append((owner, at))
+        return real(engine, name, owner, at, duration)
+
+    monkeypatch.setattr(plugin.dispatch, "hold_lease", counting)
+    d = Dispatcher(engine, ScriptedWriter(), owner="d", lease_seconds=60, batch_size=200)
+    assert d.run_once(T0).calls == 3  # three calls, one renewal: the lease is fresh
+    assert renewals == [("d", T0)]
+    enqueue(engine, [("late", {"Amount": 1})], start=T0 + timedelta(seconds=21))
+    assert d.run_once(T0 + timedelta(seconds=21)).calls == 1  # a third has passed: renewed
+    assert renewals[-1] == ("d", T0 + timedelta(seconds=21))
+    # Nobody else can take it while it is live; once it has expired and been taken, this one
+    # asks again (more than a third has passed) and stands down.
+    other = Dispatcher(engine, ScriptedWriter(), owner="e")
+    assert other.run_once(T0 + timedelta(seconds=80)).calls == 0
+    enqueue(engine, [("later", {"Amount": 2})], start=T0 + timedelta(seconds=90))
+    assert other.run_once(T0 + timedelta(seconds=90)).calls == 1  # ours ran out at T0 + 81 s
+    assert d.run_once(T0 + timedelta(seconds=95)).calls == 0
+    assert renewals[-1] == ("d", T0 + timedelta(seconds=95))
 
 
 def test_dry_run_knows_only_the_fields_it_wrote(engine: sa.Engine) -> None:
