@@ -46,14 +46,23 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
 
+        # A pass binds the same `now` to many rows: the last text is kept with the (immutable)
+        # value it is of, as one tuple, so threads sharing this function never pair them wrongly.
+        last: list[tuple[datetime | None, str | None]] = [(None, None)]
+
         def process(value: datetime | None) -> str | None:
             if value is None:
                 return None
+            seen, text = last[0]
+            if seen is value:
+                return text
             if value.tzinfo is not UTC:
                 if value.tzinfo is None:
                     raise ValueError("naive datetime: OnRecord stores only timezone-aware times")
                 value = value.astimezone(UTC)
-            return value.isoformat(" ", "microseconds")[:26]  # without its "+00:00"
+            text = value.isoformat(" ", "microseconds")[:26]  # without its "+00:00"
+            last[0] = (value, text)
+            return text
 
         return process
 

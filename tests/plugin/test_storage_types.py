@@ -78,3 +78,31 @@ def test_a_naive_datetime_is_refused(table: Any) -> None:
     engine, t = table
     with pytest.raises(sa.exc.StatementError, match="naive datetime"), engine.begin() as conn:
         conn.execute(t.insert().values(fast=datetime(2026, 11, 28)))
+
+
+def test_threads_sharing_the_bind_processor_each_get_their_own_values_text() -> None:
+    # The processor keeps its last value's text; threads share it (one per engine and type).
+    import threading
+
+    from sqlalchemy.dialects import sqlite
+
+    process = UtcDateTime().bind_processor(sqlite.dialect())
+    assert process is not None
+    wrong: list[tuple[datetime, str]] = []
+
+    def bind(offset: int) -> None:
+        values = [
+            datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=offset * 10_000 + i) for i in range(50)
+        ]
+        for v in values:
+            for _ in range(40):  # the same object again and again: the kept text is what answers
+                text = process(v)
+                if text != v.isoformat(" ", "microseconds")[:26]:
+                    wrong.append((v, text))
+
+    threads = [threading.Thread(target=bind, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
