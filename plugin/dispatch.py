@@ -190,6 +190,10 @@ class Dispatcher:
         return False
 
     def _claim(self, now: datetime) -> list[Any]:
+        due_now = sa.select(outbox.c.id).where(outbox.c.status == "pending", outbox.c.next_attempt_at <= now)
+        with self.engine.connect() as conn:  # idle passes (every poll) leave the write lock alone
+            if conn.execute(due_now.limit(1)).first() is None:
+                return []
         with begin_write(self.engine) as conn:
             due = list(
                 conn.execute(

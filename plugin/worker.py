@@ -148,6 +148,10 @@ class Worker:
             .order_by(sa.func.min(inbox.c.id))
             .limit(self.batch_size)
         )
+        any_pending = sa.select(inbox.c.id).where(inbox.c.status == "pending").limit(1)
+        with self.engine.connect() as conn:  # idle passes (every poll) leave the write lock alone
+            if conn.execute(any_pending).first() is None:
+                return []
         with begin_write(self.engine) as conn:
             keys = list(conn.execute(candidates).scalars())
             if not keys:

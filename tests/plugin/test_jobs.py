@@ -133,3 +133,29 @@ def test_a_jobs_crm_writes_and_notifications_go_to_the_outbox_with_its_state(eng
         ("notification", "notify", "job/aggregate", {"leader": "dana@contoso.com"}),
     ]
     assert state == {"runs": 1}
+
+
+def test_a_pass_with_nothing_due_takes_no_write_lock(
+    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # run_due runs every second beside the inbox writer: it must not queue for the write lock
+    # (nor pay a commit) for jobs that are not due.
+    import plugin.jobs
+
+    calls: list[Mapping[str, Any]] = []
+    runner = JobRunner(
+        engine, [poller(calls), Job(name="other", interval_seconds=60, run=poller(calls).run)], owner="w1"
+    )
+    assert runner.run_due(T0) == 2
+    writes: list[str] = []
+    real = plugin.jobs.begin_write
+
+    def counting(e: sa.Engine) -> Any:
+        writes.append("write")
+        return real(e)
+
+    monkeypatch.setattr(plugin.jobs, "begin_write", counting)
+    assert runner.run_due(T0 + timedelta(seconds=30)) == 0
+    assert writes == []
+    assert runner.run_due(T0 + timedelta(seconds=61)) == 2  # due again: claimed and finished
+    assert len(writes) == 4
