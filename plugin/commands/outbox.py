@@ -29,7 +29,17 @@ def _rows(conn: sa.Connection, status: str, limit: int) -> list[dict[str, Any]]:
         outbox.c.sent_at,
     ]
     order = outbox.c.id.desc() if status == "sent" else outbox.c.id
-    stmt = sa.select(*cols).where(outbox.c.status == status).order_by(order).limit(limit)
+    # The ids first, from ix_outbox_status alone, then their rows: asked for whole rows, PostgreSQL
+    # walked the primary key through the sent history while a CRM outage's backlog was pending
+    # (354 ms at a million rows; 0.16 ms this way, bench/growth.py).
+    ids = list(
+        conn.execute(
+            sa.select(outbox.c.id).where(outbox.c.status == status).order_by(order).limit(limit)
+        ).scalars()
+    )
+    if not ids:
+        return []
+    stmt = sa.select(*cols).where(outbox.c.id.in_(ids)).order_by(order)
     return [dict(r._mapping) for r in conn.execute(stmt)]
 
 
