@@ -227,6 +227,7 @@ class Worker:
                     state.changes.update(outcome.state)
                     staged.add(rule_name, outcome, event, now, self.target_of)
                 done.append(row.id)
+            writes = [prepare(conn.dialect, w) for w in staged.writes(conn.dialect.name, state.changes, now)]
         with begin_write(self.engine) as conn:
             # Giving the leases back is also the check that they are still this pass's: in one
             # transaction with the store, so a rollback keeps them and no one sees them gone early.
@@ -239,8 +240,11 @@ class Worker:
                 raise LeaseLost(f"{len(keys) - kept} of {len(keys)} key leases were taken over")
             if not _unchanged(conn, state.versions, lock=is_postgres(self.engine)):
                 raise LeaseLost("state read by this pass changed before it could be stored")
-            _store_state(conn, state.changes, now)
-            staged.store(conn)
+            for write in writes:
+                write.execute(conn)
+            deletes = [k for k, v in state.changes.items() if v is None]
+            if deletes:
+                conn.execute(rule_state.delete().where(rule_state.c.key.in_(deletes)))
             # processed_at is evidence of when the verdict was made: the moment it is stored, not
             # the start of the pass (a claim and the rules come between).
             marked = _mark(conn, done, "done", datetime.now(UTC))
@@ -373,39 +377,89 @@ class _Staged:
                 "updated_at": now,
             }
 
-    def store(self, conn: sa.Connection) -> None:
-        if self.outbox:
-            conn.execute(outbox.insert(), self.outbox)
-        if self.timers:
-            conn.execute(timers.insert(), self.timers)
-        if self.facts:
-            ins = _insert(conn)(facts)
-            conn.execute(
-                ins.on_conflict_do_update(
-                    index_elements=["kind", "fact_key"],
-                    set_={
-                        c: ins.excluded[c]
-                        for c in ("person", "occurred_at", "data", "retracted", "updated_at")
-                    },
-                ),
-                list(self.facts.values()),
-            )
-
-
-def _store_state(conn: sa.Connection, changes: dict[str, Any], now: datetime) -> None:
-    upserts = [{"key": k, "value": v, "updated_at": now} for k, v in changes.items() if v is not None]
-    if upserts:
-        ins = _insert(conn)(rule_state)
-        conn.execute(
-            ins.on_conflict_do_update(
+    def writes(self, dialect: str, changes: dict[str, Any], now: datetime) -> list[_Write]:
+        """The pass's inserts and upserts: state changes (deletions apart), outbox, timers, facts."""
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        found: list[_Write] = []
+        upserts = [{"key": k, "value": v, "updated_at": now} for k, v in changes.items() if v is not None]
+        if upserts:
+            ins = insert(rule_state)
+            stmt = ins.on_conflict_do_update(
                 index_elements=["key"],
                 set_={"value": ins.excluded.value, "updated_at": ins.excluded.updated_at},
-            ),
-            upserts,
-        )
-    deletes = [k for k, v in changes.items() if v is None]
-    if deletes:
-        conn.execute(rule_state.delete().where(rule_state.c.key.in_(deletes)))
+            )
+            found.append(_Write("rule_state", stmt, upserts))
+        if self.outbox:
+            found.append(_Write("outbox", outbox.insert(), self.outbox))
+        if self.timers:
+            found.append(_Write("timers", timers.insert(), self.timers))
+        if self.facts:
+            ins = insert(facts)
+            stmt = ins.on_conflict_do_update(
+                index_elements=["kind", "fact_key"],
+                set_={c: ins.excluded[c] for c in _FACT_UPDATES},
+            )
+            found.append(_Write("facts", stmt, list(self.facts.values())))
+        return found
+
+
+_FACT_UPDATES = ("person", "occurred_at", "data", "retracted", "updated_at")
+
+
+@dataclass
+class _Write:
+    """One executemany of the store; `sql` and `params` when prepared for the DB-API directly."""
+
+    name: str
+    statement: Any
+    rows: list[dict[str, Any]]
+    sql: str | None = None
+    params: list[tuple[Any, ...]] | None = None
+
+    def execute(self, conn: sa.Connection) -> None:
+        if self.sql is not None and self.params is not None:
+            conn.exec_driver_sql(self.sql, self.params)
+        else:
+            conn.execute(self.statement, self.rows)
+
+
+def prepare(dialect: sa.Dialect, write: _Write) -> _Write:
+    """On SQLite, the write as SQL text and DB-API parameters, converted while no lock is held.
+
+    SQLite has one writer: the inbox writer, which acknowledges senders, waits for every write
+    transaction of the worker. SQLAlchemy converts each row's parameters (JSON, UTC times) inside
+    `execute`, half of the time the store held the lock; here the same conversions (the columns'
+    own bind processors, so the same text) run before it, and only sqlite3's executemany, in C,
+    runs under it. Elsewhere (PostgreSQL: no single writer) the write is left to SQLAlchemy."""
+    if dialect.name != "sqlite":
+        return write
+    keys = tuple(write.rows[0])
+    sql, converters = _compiled(dialect, write.name, write.statement, keys)
+    params = [
+        tuple(row[k] if convert is None else convert(row[k]) for k, convert in converters)
+        for row in write.rows
+    ]
+    return _Write(write.name, write.statement, write.rows, sql, params)
+
+
+_COMPILED: dict[tuple[str, tuple[str, ...]], tuple[str, list[tuple[str, Any]]]] = {}
+
+
+def _compiled(
+    dialect: sa.Dialect, name: str, statement: Any, keys: tuple[str, ...]
+) -> tuple[str, list[tuple[str, Any]]]:
+    """The statement's SQL for rows with these keys and, per positional parameter, its column's
+    bind processor (compiled once per statement and key set)."""
+    found = _COMPILED.get((name, keys))
+    if found is None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        table = statement.table
+        converters = [
+            (key, table.c[key].type.dialect_impl(dialect).bind_processor(dialect))
+            for key in compiled.positiontup
+        ]
+        found = _COMPILED[(name, keys)] = (compiled.string, converters)
+    return found
 
 
 def _mark(conn: sa.Connection, ids: list[int], status: str, now: datetime) -> int:
