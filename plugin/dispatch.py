@@ -190,11 +190,13 @@ class Dispatcher:
         return False
 
     def _claim(self, now: datetime) -> list[Any]:
-        due_now = sa.select(outbox.c.id).where(outbox.c.status == "pending", outbox.c.next_attempt_at <= now)
-        with self.engine.connect() as conn:  # idle passes (every poll) leave the write lock alone
-            if conn.execute(due_now.limit(1)).first() is None:
-                return []
-        with begin_write(self.engine) as conn:
+        """Due rows and, with them, every other pending row of their records, leased to this pass.
+
+        Read without the write lock: only the holder of the dispatcher lease claims, and nothing
+        else moves a pending row, so the read needs no lock; reading up to claim_size rows and
+        their payloads under it made the inbox writer wait for up to a few hundred ms. Only the
+        lease columns are written under it."""
+        with self.engine.connect() as conn:
             due = list(
                 conn.execute(
                     sa.select(*_CLAIMED)
@@ -228,12 +230,13 @@ class Dispatcher:
                     )
                     if (r.target, r.object, r.record_key) in records
                 ]
-            rows = due + waiting
-            ids = [r.id for r in rows]
+        rows = due + waiting
+        ids = [r.id for r in rows]
+        with begin_write(self.engine) as conn:
             for i in range(0, len(ids), 500):
                 conn.execute(
                     outbox.update()
-                    .where(outbox.c.id.in_(ids[i : i + 500]))
+                    .where(outbox.c.id.in_(ids[i : i + 500]), outbox.c.status == "pending")
                     .values(lease_owner=self.owner, lease_until=now + self.lease)
                 )
         return sorted(rows, key=lambda r: (r.occurred_at, r.id))
