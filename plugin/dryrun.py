@@ -36,9 +36,33 @@ class DryRunWriter:
         return True, "dry run: writes are recorded locally, nothing is sent to a CRM"
 
     def write_batch(self, batch: WriteBatch) -> list[RecordResult]:
-        """Record the call and fold the fields into the record as it would now stand."""
+        """Record the call and fold the fields into the record as it would now stand.
+
+        The records as they stand are read before the write lock is taken: only the dispatcher
+        (one at a time) writes here, and the inbox writer, which acknowledges senders, should not
+        wait while a call of 200 records is read and merged."""
         now = datetime.now(UTC)
         insert = postgresql.insert if is_postgres(self._engine) else sqlite.insert
+        keys = [r.record_key for r in batch.records]
+        with self._engine.connect() as conn:
+            current = dict(
+                conn.execute(
+                    sa.select(dryrun_records.c.record_key, dryrun_records.c.fields).where(
+                        dryrun_records.c.object == batch.object, dryrun_records.c.record_key.in_(keys)
+                    )
+                )
+                .tuples()
+                .all()
+            )
+        rows = [
+            {
+                "object": batch.object,
+                "record_key": r.record_key,
+                "fields": {**current.get(r.record_key, {}), **r.fields},
+                "updated_at": now,
+            }
+            for r in batch.records
+        ]
         with begin_write(self._engine) as conn:
             conn.execute(
                 dryrun_calls.insert().values(
@@ -49,25 +73,6 @@ class DryRunWriter:
                     called_at=now,
                 )
             )
-            keys = [r.record_key for r in batch.records]
-            current = dict(
-                conn.execute(
-                    sa.select(dryrun_records.c.record_key, dryrun_records.c.fields).where(
-                        dryrun_records.c.object == batch.object, dryrun_records.c.record_key.in_(keys)
-                    )
-                )
-                .tuples()
-                .all()
-            )
-            rows = [
-                {
-                    "object": batch.object,
-                    "record_key": r.record_key,
-                    "fields": {**current.get(r.record_key, {}), **r.fields},
-                    "updated_at": now,
-                }
-                for r in batch.records
-            ]
             stmt = insert(dryrun_records)
             conn.execute(
                 stmt.on_conflict_do_update(
