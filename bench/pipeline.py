@@ -649,6 +649,13 @@ def main() -> int:
     ap.add_argument("--worker-connections", type=int, default=defaults.worker_connections)
     ap.add_argument("--drain-timeout", type=float, default=600.0, help="seconds to wait for the worker")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (var/, logs)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="ONRECORD_SECTION__KEY=VALUE",
+        help="a configuration variable for OnRecord's processes (default: the starter configuration)",
+    )
     args = ap.parse_args()
     if not shutil.which("wrk"):
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
@@ -678,6 +685,7 @@ def main() -> int:
     try:
         results["endpoints"]["bare"] = bare_phase(args, tmp)
         server, events = shipped(tmp / "onrecord")
+        server.env.update(dict(item.split("=", 1) for item in args.set))  # after init, as an admin would
         server.start()
         onrecord_phases(args, server, events, tmp, results)
         results["endpoints"]["onrecord"] = {
@@ -713,6 +721,8 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
         f"dispatcher running, {d['storage']}, {d['crm']} CRM; wrk {WRK_THREADS} threads; "
         f"the bare endpoint measured first, OnRecord not started"
     )
+    if r["args"].get("set"):
+        print("settings: " + ", ".join(r["args"]["set"]))
     e = r["endpoints"]
     print(
         "\n| endpoint | saturation req/s | p50 ms | p99 ms | paced req/s | paced p50 ms | paced p99 ms "
