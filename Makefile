@@ -36,6 +36,7 @@ bench: $(VENV)/.installed-dev
 	$(PY) bench/approvals.py
 	$(PY) bench/leaders.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/worker.py
 	$(PY) bench/provenance_log.py
 	$(PY) bench/growth.py
 
