@@ -22,7 +22,7 @@ from plugin.crm_config_job import CrmConfigFollower, effective_config, stored_ve
 from plugin.dispatch import Dispatcher, Notifier, no_subscribers
 from plugin.jobs import JobRunner, load_jobs
 from plugin.rules import load_rules
-from plugin.storage import get_engine
+from plugin.storage import checkpoint_wal, get_engine
 from plugin.worker import LeaseLost, Worker, worker_id
 from plugin.writers import build_writer, build_writers, target_resolver
 
@@ -100,6 +100,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
     read_crm_config_now(jobs)  # at start, not only after the first refresh_seconds
     follow_config.check(force=True)
 
+    def checkpoint_pass() -> bool:
+        checkpoint_wal(worker.engine)
+        return False  # then wait a second, whatever it copied
+
     def rules_pass() -> int:
         follow_config.check()
         follow_keys.check()
@@ -113,6 +117,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         threading.Thread(
             target=_loop, args=("jobs", lambda: jobs.run_due(datetime.now(UTC)), stop, 1.0), daemon=True
         ),
+        # The WAL's checkpoints, here rather than in the commits of the inbox writer (storage.py)
+        threading.Thread(target=_loop, args=("checkpoint", checkpoint_pass, stop, 1.0), daemon=True),
     ]
     for t in threads:
         t.start()

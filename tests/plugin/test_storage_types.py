@@ -106,3 +106,24 @@ def test_threads_sharing_the_bind_processor_each_get_their_own_values_text() -> 
     for t in threads:
         t.join()
     assert wrong == []
+
+
+def test_the_worker_checkpoints_the_wal_not_the_committers(tmp_path: Any) -> None:
+    from plugin import migrate
+    from plugin.storage import WAL_AUTOCHECKPOINT_PAGES, begin_write, checkpoint_wal, make_engine, rule_state
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'wal.db'}")
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        # The threshold at which a commit would copy the WAL itself: far above a second's writes.
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == WAL_AUTOCHECKPOINT_PAGES > 1000
+    now = datetime(2026, 11, 28, tzinfo=UTC)
+    with begin_write(engine) as conn:
+        conn.execute(
+            rule_state.insert(),
+            [{"key": f"k{i}", "value": {"v": "x" * 500}, "updated_at": now} for i in range(500)],
+        )
+    assert checkpoint_wal(engine) > 0  # copied into the database file ...
+    with engine.connect() as conn:
+        busy, in_wal, copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+    assert busy == 0 and in_wal == copied > 0  # ... all of it
