@@ -25,7 +25,13 @@ equal a full recomputation from all the leaves, and they verify. Each figure is 
 p95) of its repeats, in milliseconds; the ratio is the largest size's median over the smallest's.
 The table is printed and the run saved as JSON in bench/out/provenance_log-<UTC timestamp>.json.
 
+`--db postgres` runs the same on PostgreSQL (ONRECORD_BENCH_POSTGRES_URL, by default
+postgresql://postgres@127.0.0.1:5432/test), in a schema of its own dropped at the end; after each
+growth the tables are VACUUM ANALYZEd, as autovacuum would leave them (growing logs every
+statement through an UPDATE, whose old row versions a live log's autovacuum keeps removing).
+
     .venv/bin/python bench/provenance_log.py [--sizes 10000,1000000] [--repeat 200] [--chunk 50000]
+        [--db sqlite|postgres]
 """
 
 from __future__ import annotations
@@ -33,13 +39,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,6 +73,7 @@ from plugin.storage import begin_write, get_engine, provenance_statements  # noq
 
 ORIGIN = "bench.onrecord.local/provenance"
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+PG_URL = os.environ.get("ONRECORD_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 OPERATIONS = ("append", "root", "inclusion proof", "consistency proof")
 BASELINE = "baseline: one row inserted and committed"
 
@@ -167,42 +177,90 @@ def measure(engine: sa.Engine, key: SigningKey, size: int, repeat: int, rng: ran
     }
 
 
+@contextmanager
+def database(kind: str, workdir: Path) -> Iterator[sa.Engine]:
+    """OnRecord's schema in a SQLite file under `workdir`, or in a PostgreSQL schema of its own."""
+    if kind == "sqlite":
+        engine = get_engine(f"sqlite:///{workdir}/log.db")
+        try:
+            migrate.upgrade(engine)
+            yield engine
+        finally:
+            engine.dispose()
+        return
+    schema = "bench_log_" + uuid.uuid4().hex[:10]
+    admin = sa.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in PG_URL else "?"
+    engine = get_engine(f"{PG_URL}{sep}options=-csearch_path%3D{schema}")
+    try:
+        migrate.upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def vacuum(engine: sa.Engine) -> None:
+    """PostgreSQL: the log's tables as autovacuum leaves them (dead row versions gone, statistics)."""
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for table in ("provenance_statements", "provenance_tree", "provenance_checkpoints"):
+            conn.exec_driver_sql(f"VACUUM ANALYZE {table}")
+
+
+def database_bytes(engine: sa.Engine, workdir: Path) -> int:
+    if engine.dialect.name != "postgresql":
+        return sum(p.stat().st_size for p in workdir.glob("log.db*"))
+    with engine.connect() as conn:
+        total = conn.exec_driver_sql(
+            "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n"
+            " ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+        ).scalar()
+    return int(total or 0)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sizes", default="10000,1000000", help="log sizes to measure at, ascending")
     parser.add_argument("--repeat", type=int, default=200, help="timed runs of each operation per size")
     parser.add_argument("--chunk", type=int, default=50_000, help="statements per sequencer pass (growing)")
+    parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite", help="the database")
     parser.add_argument("--dir", help="where to put the database (default: a temporary directory)")
-    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument("--keep", action="store_true", help="keep the SQLite database afterwards")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="onrecord-bench-log-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    engine = get_engine(f"sqlite:///{workdir}/log.db")
-    migrate.upgrade(engine)
     key = SigningKey.generate()
     rng = random.Random(6962)
     rows: list[dict[str, Any]] = []
     size = 0
     started = time.perf_counter()
+    db_bytes = 0
     try:
-        for target in sizes:
-            began = time.perf_counter()
-            size = grow(engine, key, size, target, args.chunk)
-            grow_s = time.perf_counter() - began
-            rebuild_ms = validate(engine, size, rng)
-            row = measure(engine, key, size, args.repeat, rng)
-            row |= {"grow_seconds": grow_s, "old_full_rebuild_ms": rebuild_ms}
-            rows.append(row)
-            size = row["size"]
-            print(
-                f"  {size:>10,} leaves: grown in {grow_s:.1f} s, validated; "
-                + ", ".join(f"{k} {v['median_ms']:.3f} ms" for k, v in row["ops"].items()),
-                file=sys.stderr,
-            )
-        db_bytes = sum(p.stat().st_size for p in workdir.glob("log.db*"))
+        with database(args.db, workdir) as engine:
+            for target in sizes:
+                began = time.perf_counter()
+                size = grow(engine, key, size, target, args.chunk)
+                vacuum(engine)
+                grow_s = time.perf_counter() - began
+                rebuild_ms = validate(engine, size, rng)
+                row = measure(engine, key, size, args.repeat, rng)
+                row |= {"grow_seconds": grow_s, "old_full_rebuild_ms": rebuild_ms}
+                rows.append(row)
+                size = row["size"]
+                print(
+                    f"  {size:>10,} leaves: grown in {grow_s:.1f} s, validated; "
+                    + ", ".join(f"{k} {v['median_ms']:.3f} ms" for k, v in row["ops"].items()),
+                    file=sys.stderr,
+                )
+            db_bytes = database_bytes(engine, workdir)
     finally:
-        engine.dispose()
         if not args.keep and not args.dir:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -217,8 +275,9 @@ def main() -> int:
     rebuilds = [f"{r['old_full_rebuild_ms']:.1f}" for r in rows]
     ratio = last["old_full_rebuild_ms"] / first["old_full_rebuild_ms"]
     print("| old way: read every leaf, rebuild (once) | " + " | ".join(rebuilds) + f" | {ratio:.2f} |")
+    described = "SQLite (WAL, synchronous=FULL)" if args.db == "sqlite" else "PostgreSQL"
     print(
-        f"\nSQLite (WAL, synchronous=FULL), audit window 2^{AUDIT_LEVEL} leaves per append, "
+        f"\n{described}, audit window 2^{AUDIT_LEVEL} leaves per append, "
         f"{args.repeat} runs per figure; database {db_bytes / 1e6:,.0f} MB; "
         f"whole run {time.perf_counter() - started:.0f} s."
     )
@@ -230,7 +289,7 @@ def main() -> int:
             {
                 "benchmark": "provenance_log",
                 "when": datetime.now(UTC).isoformat(),
-                "database": "sqlite (WAL, synchronous=FULL)",
+                "database": described,
                 "audit_leaves_per_append": 1 << AUDIT_LEVEL,
                 "repeat": args.repeat,
                 "chunk": args.chunk,
