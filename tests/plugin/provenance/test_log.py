@@ -181,3 +181,37 @@ def test_the_sequencer_job_takes_signed_statements_into_the_log(db_url: str, tmp
     [job] = sequencer_jobs(config)
     assert job.run({}, datetime.now(UTC)).state == {"tree_size": 3}
     assert check(config, engine).verified
+
+
+def test_a_backlog_is_sequenced_in_short_passes_and_an_idle_job_takes_no_lock(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import plugin.provenance.log as log
+
+    monkeypatch.setattr(log, "PENDING_PER_PASS", 2)
+    monkeypatch.setattr(log, "_SELECT_PENDING", log._SELECT_PENDING.limit(2))
+    config = provenance_config(db_url, tmp_path)
+    engine = get_engine(config.storage.url)
+    migrate.upgrade(engine)
+    with begin_write(engine) as conn:
+        insert_events(
+            conn,
+            [changed(i, record_id=f"0065g00000Acm{i:02d}AAA", Amount=str(i)) for i in range(5)],
+            datetime.now(UTC),
+        )
+    Worker(engine, load_rules(config)).run_once()
+    passes: list[int] = []
+    real = log.integrate
+
+    def counting(*args: object, **kw: object) -> log.Integrated:
+        result = real(*args, **kw)  # type: ignore[arg-type]
+        passes.append(result.added)
+        return result
+
+    monkeypatch.setattr(log, "integrate", counting)
+    [job] = sequencer_jobs(config)
+    assert job.run({}, datetime.now(UTC)).state == {"tree_size": 5}
+    assert passes == [2, 2, 1]  # three transactions, none holding the whole backlog
+    assert not log.has_work(engine)
+    assert job.run({"tree_size": 5}, datetime.now(UTC)).state == {"tree_size": 5}
+    assert passes == [2, 2, 1]  # nothing to do: not even a pass
