@@ -73,6 +73,10 @@ class Process:
     def __init__(self, args: list[str], env: Mapping[str, str], log: Path) -> None:
         self.log_path = log
         self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        if args[:1] == ["worker"] and "--parent-pid" not in args:
+            # Its own session survives pytest being killed (a timeout, ^C): told whose child it
+            # is, it stops when pytest is gone instead of polling a dropped schema for ever.
+            args = [*args, "--parent-pid", str(os.getpid())]
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "plugin", *args],
             cwd=ROOT,
