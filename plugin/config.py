@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -28,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from plugin.api_models import EMAIL_RE
 from plugin.settings import Section as _Section
 from plugin.settings import secret_list as _secret_list
 
@@ -215,6 +217,11 @@ class ApiConfig(_Section):
     callback_allow_private_addresses: bool = False
     callback_ca_bundle: str = ""  # CA bundle to trust for callbacks instead of the system's
     callback_timeout_seconds: float = Field(10.0, gt=0, le=60)
+    # The Power Automate connector's publisher details in /openapi-v2.json (info.contact.email and
+    # x-ms-connector-metadata's "Privacy policy"): whose they are is the deployment owner's choice,
+    # so nothing is made up when they are unset; Microsoft's connector certification asks for both.
+    contact_email: str = ""
+    privacy_url: str = ""
     # secrets (environment or files only)
     tokens: list[str] = Field(default_factory=list)  # bearer tokens for /api/*, as a JSON list
     callback_key: list[str] = Field(default_factory=list)  # Fernet key(s): the first encrypts
@@ -225,6 +232,33 @@ class ApiConfig(_Section):
         if v and not v.startswith(("https://", "http://")):
             raise ValueError("must be an absolute http(s) URL")
         return v.rstrip("/")
+
+    @field_validator("contact_email")
+    @classmethod
+    def _email(cls, v: str) -> str:
+        # The connector schema declares info.contact.email with format "email": one address, no
+        # display name, so the document an admin imports is refused nowhere.
+        v = v.strip()
+        if v and (len(v) > 254 or not EMAIL_RE.match(v)):
+            raise ValueError("must be one e-mail address, like crm-admins@contoso.com")
+        return v
+
+    @field_validator("privacy_url")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        # Shown to every flow author who adds the connector: a public page, so https with a host, and
+        # nothing (spaces, control characters) that would make it a different link once rendered.
+        v = v.strip()
+        if not v:
+            return v
+        parts = urlsplit(v)
+        if (
+            parts.scheme != "https"
+            or not parts.hostname
+            or any(c.isspace() or not c.isprintable() for c in v)
+        ):
+            raise ValueError("must be an https:// URL with a host and no spaces")
+        return v
 
     @field_validator("callback_hosts")
     @classmethod

@@ -44,7 +44,9 @@ DESCRIPTION: Final = (
     "form-only approvals and leader buy-in, and writes provenance into the CRM."
 )
 # The connector's publisher details (Swagger 2.0 only): info.contact and x-ms-connector-metadata,
-# whose Website is the deployment's own URL. Categories are from Microsoft's list, ';'-separated.
+# whose Website is the deployment's own URL; its e-mail and privacy policy are the deployment
+# owner's (api.contact_email, api.privacy_url), present only when configured. Categories are from
+# Microsoft's list, ';'-separated.
 CONTACT_NAME: Final = "OnRecord"
 CONNECTOR_CATEGORIES: Final = "Sales and CRM;Business Management"
 
@@ -386,13 +388,21 @@ def _v2_param(p: Param) -> dict[str, Any]:
     return param | dict(p.extensions)
 
 
-def _connector_extensions(document: dict[str, Any], base_url: str) -> None:
+def _connector_extensions(
+    document: dict[str, Any], base_url: str, contact_email: str, privacy_url: str
+) -> None:
     """What Power Automate's validator and designer want beyond Swagger 2.0 (x-ms-*, contact)."""
-    document["info"]["contact"] = {"name": CONTACT_NAME, "url": base_url}
-    document["x-ms-connector-metadata"] = [
-        {"propertyName": "Website", "propertyValue": base_url},
-        {"propertyName": "Categories", "propertyValue": CONNECTOR_CATEGORIES},
-    ]
+    contact = {"name": CONTACT_NAME, "url": base_url}
+    metadata = [{"propertyName": "Website", "propertyValue": base_url}]
+    # Left out rather than made up when unset: an empty string is no e-mail to the schema's
+    # "format": "email", and a made-up policy page would be a promise nobody made.
+    if contact_email:
+        contact["email"] = contact_email
+    if privacy_url:
+        metadata.append({"propertyName": "Privacy policy", "propertyValue": privacy_url})
+    metadata.append({"propertyName": "Categories", "propertyValue": CONNECTOR_CATEGORIES})
+    document["info"]["contact"] = contact
+    document["x-ms-connector-metadata"] = metadata
     document["x-ms-capabilities"] = {"testConnection": {"operationId": "TestConnection", "parameters": {}}}
     document["definitions"] = {
         name: _summarized(schema, SCHEMA_SUMMARIES.get(name, label(name)))
@@ -439,8 +449,9 @@ def _v3_nullable(value: Any) -> Any:
     return value
 
 
-def swagger2(base_url: str) -> dict[str, Any]:
-    """The Swagger 2.0 document for a Power Automate custom connector."""
+def swagger2(base_url: str, *, contact_email: str = "", privacy_url: str = "") -> dict[str, Any]:
+    """The Swagger 2.0 document for a Power Automate custom connector; the publisher's e-mail and
+    privacy policy page (api.contact_email, api.privacy_url) where the deployment configured them."""
     parts = urlsplit(base_url)
     paths: dict[str, dict[str, Any]] = {}
     for op in operations():
@@ -497,7 +508,7 @@ def swagger2(base_url: str) -> dict[str, Any]:
         "paths": paths,
         "definitions": _checked_schemas(),
     }
-    _connector_extensions(document, base_url)
+    _connector_extensions(document, base_url, contact_email, privacy_url)
     resolved: dict[str, Any] = _resolve(document, "#/definitions/", keep_ms=True)
     return resolved
 
@@ -584,7 +595,8 @@ def _base_url() -> str:
 @blueprint.get("/openapi-v2.json")
 def openapi_v2() -> Response:
     """Swagger 2.0, to import as a Power Automate custom connector."""
-    return jsonify(swagger2(_base_url()))
+    api = runtime().config.api
+    return jsonify(swagger2(_base_url(), contact_email=api.contact_email, privacy_url=api.privacy_url))
 
 
 @blueprint.get("/openapi.json")

@@ -157,3 +157,48 @@ def test_the_defaults_bound_the_memory_unauthenticated_bodies_can_take() -> None
     server = ServerConfig()
     at_once = server.worker_connections if server.worker_class == "gevent" else server.threads
     assert server.workers * at_once * server.max_body_bytes <= 1536 * 1024 * 1024
+
+
+def test_the_connectors_contact_and_privacy_policy_are_checked_where_they_are_set() -> None:
+    cfg = load_config(
+        env={
+            "ONRECORD_API__CONTACT_EMAIL": " crm-admins@contoso.com ",
+            "ONRECORD_API__PRIVACY_URL": "https://www.contoso.com/privacy",
+        }
+    )
+    assert (cfg.api.contact_email, cfg.api.privacy_url) == (
+        "crm-admins@contoso.com",
+        "https://www.contoso.com/privacy",
+    )
+    assert (load_config(env={}).api.contact_email, load_config(env={}).api.privacy_url) == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("CONTACT_EMAIL", "crm-admins"),
+        ("CONTACT_EMAIL", "CRM admins <crm-admins@contoso.com>"),
+        ("CONTACT_EMAIL", "crm admins@contoso.com"),
+        ("CONTACT_EMAIL", "a@" + "b" * 250 + ".com"),
+        ("PRIVACY_URL", "http://www.contoso.com/privacy"),
+        ("PRIVACY_URL", "www.contoso.com/privacy"),
+        ("PRIVACY_URL", "https:///privacy"),
+        ("PRIVACY_URL", "https://www.contoso.com/privacy policy"),
+        ("PRIVACY_URL", "https://www.contoso.com/\x00"),
+    ],
+)
+def test_a_contact_that_is_no_e_mail_or_a_policy_that_is_no_https_url_stops_start_up(
+    key: str, value: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"api\.{key.lower()}: .* must be "):
+        load_config(env={f"ONRECORD_API__{key}": value})
+
+
+def test_a_body_has_ten_seconds_and_no_proxy_is_trusted_unless_configured() -> None:
+    # The defaults the hostile-sender fixes promise: a body that has not arrived 10 s after its
+    # headers gets 408, and X-Forwarded-* count from no proxy until server.trusted_proxy_hops says.
+    server = load_config(env={}).server
+    assert (server.body_timeout_seconds, server.trusted_proxy_hops) == (10.0, 0)
+    for key, value in (("BODY_TIMEOUT_SECONDS", "0"), ("TRUSTED_PROXY_HOPS", "-1")):
+        with pytest.raises(ConfigError, match=rf"server\.{key.lower()}"):
+            load_config(env={f"ONRECORD_SERVER__{key}": value})

@@ -201,6 +201,44 @@ def test_swagger2_is_valid_per_the_connectors_published_api_definition_schema(cl
     assert not validator.is_valid(broken)
 
 
+def test_the_publishers_e_mail_and_privacy_policy_are_the_deployments_own(
+    sqlite_url: str, tmp_path: Path, client: FlaskClient
+) -> None:
+    # Unset (the default): nothing made up, and no empty e-mail for the schema's "format": "email".
+    document, _ = fetch(client, "/openapi-v2.json")
+    assert "email" not in document["info"]["contact"]
+    assert "Privacy policy" not in {m["propertyName"] for m in document["x-ms-connector-metadata"]}
+    config = make_config(
+        sqlite_url,
+        tmp_path,
+        **{
+            "api.public_url": "https://onrecord.contoso.com",
+            "api.contact_email": "crm-admins@contoso.com",
+            "api.privacy_url": "https://www.contoso.com/privacy",
+        },
+    )
+    document, _ = fetch(create_app(config).test_client(), "/openapi-v2.json")
+    assert document["info"]["contact"] == {
+        "name": "OnRecord",
+        "url": "https://onrecord.contoso.com",
+        "email": "crm-admins@contoso.com",
+    }
+    assert document["x-ms-connector-metadata"] == [
+        {"propertyName": "Website", "propertyValue": "https://onrecord.contoso.com"},
+        {"propertyName": "Privacy policy", "propertyValue": "https://www.contoso.com/privacy"},
+        {"propertyName": "Categories", "propertyValue": "Sales and CRM;Business Management"},
+    ]
+    # Still valid per Microsoft's published schema, its formats ("email", "uri") checked too.
+    validator = jsonschema.Draft4Validator(
+        api_definition_schema(), format_checker=jsonschema.Draft4Validator.FORMAT_CHECKER
+    )
+    assert [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(document)] == []
+    validate(document, cls=OpenAPIV2SpecValidator)
+    broken = json.loads(json.dumps(document))
+    broken["info"]["contact"]["email"] = "crm-admins"  # what api.contact_email refuses
+    assert not validator.is_valid(broken)
+
+
 def test_swagger2_is_what_the_designer_needs(client: FlaskClient) -> None:
     document, _ = fetch(client, "/openapi-v2.json")
     ops = operations(document)
@@ -230,30 +268,99 @@ def test_test_connection_needs_the_token_and_does_nothing(client: FlaskClient) -
     assert client.get("/api/connection").status_code in {401, 503}
 
 
-def test_operations_for_salesforce_flow_have_no_free_form_maps(client: FlaskClient) -> None:
-    document, _ = fetch(client, "/openapi.json")
+SALESFORCE_README = Path(__file__).resolve().parents[3] / "connectors" / "salesforce" / "README.md"
+
+
+def flow_problems(document: dict[str, Any], operation_ids: set[str]) -> list[str]:
+    """Where the OpenAPI 3.0 operations ``operation_ids`` use a schema a Flow cannot: a free-form
+    map (``additionalProperties`` other than false, or an object with no fixed properties, which
+    External Services turns into an Apex Map that Flow variables cannot hold), a list of lists
+    (List<List<T>>, not allowed on an Apex-defined Flow variable) or a schema without a type.
+    Walks every schema those operations reach: parameters, request and response bodies, $refs."""
     schemas = document["components"]["schemas"]
-    flow = {op["operationId"]: op for op in operations(document).values()}
-    assert set(flow) >= FLOW_OPERATIONS
+    problems: list[str] = []
     seen: set[str] = set()
 
-    def reachable(value: Any) -> None:
-        if isinstance(value, dict):
-            target = value.get("$ref")
-            if isinstance(target, str):
-                name = target.rsplit("/", 1)[1]
-                if name not in seen:
-                    seen.add(name)
-                    reachable(schemas[name])
-            for item in value.values():
-                reachable(item)
-        elif isinstance(value, list):
-            for item in value:
-                reachable(item)
+    def walk(where: str, schema: Any) -> None:
+        if not isinstance(schema, dict):
+            return
+        target = schema.get("$ref")
+        if isinstance(target, str):
+            name = target.rsplit("/", 1)[1]
+            if name not in seen:
+                seen.add(name)
+                walk(name, schemas[name])
+            return
+        kind = schema.get("type")
+        if not kind:
+            problems.append(f"{where}: no type")
+        extra = schema.get("additionalProperties", False)
+        if extra is not False:
+            problems.append(f"{where}: a map (additionalProperties {extra!r})")
+        elif kind == "object" and not schema.get("properties"):
+            problems.append(f"{where}: an object without fixed properties")
+        items = schema.get("items")
+        if kind == "array" and isinstance(items, dict):
+            item = schemas[items["$ref"].rsplit("/", 1)[1]] if "$ref" in items else items
+            if item.get("type") == "array":
+                problems.append(f"{where}: a list of lists")
+        for name, prop in schema.get("properties", {}).items():
+            walk(f"{where}.{name}", prop)
+        walk(f"{where}[]", items)
+        if isinstance(extra, dict):
+            walk(f"{where}{{}}", extra)
 
-    for name in FLOW_OPERATIONS:
-        reachable(flow[name])
-    for name in seen:
-        for where, schema in schemas_in({"definitions": {name: schemas[name]}, "paths": {}}):
-            assert "additionalProperties" not in schema, where
-            assert schema.get("type"), where
+    for op in operations(document).values():
+        if op["operationId"] not in operation_ids:
+            continue
+        where = op["operationId"]
+        for param in op.get("parameters", []):
+            walk(f"{where} {param['name']}", param.get("schema"))
+        for media in op.get("requestBody", {}).get("content", {}).values():
+            walk(f"{where} body", media.get("schema"))
+        for status, response in op["responses"].items():
+            for media in response.get("content", {}).values():
+                walk(f"{where} {status}", media.get("schema"))
+    return problems
+
+
+def test_the_salesforce_readme_names_the_flow_operations_and_the_encoded_field_names() -> None:
+    text = SALESFORCE_README.read_text(encoding="utf-8")
+    section = text.split("## External Services (Flow actions)", 1)[1].split("\n## ", 1)[0]
+    selected = set(re.findall(r"(?m)^\| `(\w+)` \|", section))
+    assert selected == FLOW_OPERATIONS
+    for encoded in ("`z0object`", "`recordx5fid`"):
+        assert encoded in section
+
+
+def test_operations_for_salesforce_flow_have_no_free_form_maps(client: FlaskClient) -> None:
+    document, _ = fetch(client, "/openapi.json")
+    assert {op["operationId"] for op in operations(document).values()} >= FLOW_OPERATIONS
+    assert flow_problems(document, FLOW_OPERATIONS) == []
+    # The webhooks Flow is told to leave out do carry maps (a form's answers): the walk finds them.
+    assert any("FormSubmission.answers: a map" in p for p in flow_problems(document, {"SubmitForm"}))
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        pytest.param(
+            {"type": "object", "additionalProperties": {"type": "integer"}},
+            "LeaderSignals.counts: a map",
+            id="LeaderSignals.counts as the map it was",
+        ),
+        pytest.param({"type": "object"}, "LeaderSignals.counts: an object without", id="bare object"),
+        pytest.param(
+            {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
+            "LeaderSignals.counts: a list of lists",
+            id="list of lists",
+        ),
+        pytest.param({"description": "anything"}, "LeaderSignals.counts: no type", id="no type"),
+    ],
+)
+def test_the_flow_walk_finds_what_flow_cannot_use(
+    client: FlaskClient, change: dict[str, Any], problem: str
+) -> None:
+    document, _ = fetch(client, "/openapi.json")
+    document["components"]["schemas"]["LeaderSignals"]["properties"]["counts"] = change
+    assert any(p.startswith(problem) for p in flow_problems(document, {"ListLeaders"}))
