@@ -53,7 +53,7 @@ from connectors.salesforce.changes import take_in
 from connectors.salesforce.connector import settings as sf_settings
 from connectors.salesforce.ids import is_salesforce_id, same_id, to_18
 from plugin import signatures, strict_json
-from plugin.api_models import BodyModel, BodyRefused, Checked, fail, json_path, validate
+from plugin.api_models import MAX_YEAR, MIN_YEAR, BodyModel, BodyRefused, Checked, fail, json_path, validate
 from plugin.events import Event
 from plugin.receive import Incoming, Parsed, Rejected, Source, json_ack, json_refusal
 
@@ -208,8 +208,8 @@ def _iso_datetime(value: Any) -> datetime:
         raise fail("bad_field", "is not an ISO 8601 date-time") from None
     if parsed.tzinfo is None:
         raise fail("bad_field", "must carry a time zone")
-    if not 2000 <= parsed.astimezone(UTC).year <= 2200:  # 0001 or 9999 would crash the worker later
-        raise fail("bad_field", "is out of range (years 2000 to 2200)")
+    if not MIN_YEAR <= parsed.astimezone(UTC).year <= MAX_YEAR:  # 0001 or 9999 would crash the worker later
+        raise fail("bad_field", f"is out of range (years {MIN_YEAR} to {MAX_YEAR})")
     return parsed
 
 

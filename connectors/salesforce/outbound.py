@@ -45,6 +45,7 @@ from connectors.salesforce.outbound_soap import (
     normalise_org_id,
     read_xml,
 )
+from plugin.api_models import MAX_YEAR, MIN_YEAR
 from plugin.events import Event
 
 __all__ = [
@@ -283,7 +284,13 @@ def _occurred_at(fields: Mapping[str, Any], default: datetime) -> datetime:
             except ValueError:
                 continue
         if isinstance(value, datetime):
-            return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+            value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+            # Refused at the door, as every other hook does: a year 9999 would be acknowledged,
+            # then overflow the rules' date arithmetic (an approval's deadline) and park the event.
+            if not MIN_YEAR <= value.year <= MAX_YEAR:
+                years = f"years {MIN_YEAR} to {MAX_YEAR}"
+                raise OutboundRejected("invalid_value", f"{name} is out of range ({years})")
+            return value
     return default
 
 

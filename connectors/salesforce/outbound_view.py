@@ -132,7 +132,10 @@ def parse(incoming: Incoming, sender: str) -> Parsed:
     if msg.organization_id != _configured_org(sf_settings(config)):
         raise Rejected(403, "wrong_org", "OrganizationId is not the configured organization")
     ignored: dict[str, int] = {}
-    received = to_events(msg, raw_digest=incoming.digest, sender=f"{msg.organization_id} {sender}")
+    try:  # a field the events cannot carry (a date OnRecord cannot process) refuses the message
+        received = to_events(msg, raw_digest=incoming.digest, sender=f"{msg.organization_id} {sender}")
+    except OutboundRejected as exc:
+        raise Rejected(400, exc.reason, exc.message) from exc
     return Parsed(events=take_in(received, incoming.runtime.config_in_force, ignored), ignored=ignored)
 
 
