@@ -1,4 +1,4 @@
-"""Benchmark: what the everyday operations cost when the history is large (issue 12).
+"""Benchmark: what the everyday operations cost when the history is large.
 
 Targets: `/metrics`, a claim and `outbox` each <= 20 ms with 10 million inbox rows; the provenance
 log's append, root, inclusion proof and consistency proof each <= 2 ms at 1 million and at 10

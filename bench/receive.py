@@ -9,7 +9,7 @@ events (bench/post.lua). Measured:
 
 OnRecord runs with SQLite in WAL mode and synchronous=FULL (the embedded default), without
 its rules worker unless `--with-worker` (the worker is a separate process competing for the
-same two cores). Targets (issue 2): throughput >= 0.5 x bare, p99 <= 25 ms at 1,000 requests/s.
+same two cores). Targets: throughput >= 0.5 x bare, p99 <= 25 ms at 1,000 requests/s.
 
     .venv/bin/python bench/receive.py [--seconds 10] [--rate 1000] [--repeat 3] [--with-worker]
         [--worker-class gevent|gthread] [--markdown]

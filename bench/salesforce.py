@@ -5,7 +5,7 @@
     synchronous=FULL), sent by `--concurrency` keep-alive client threads -> notifications/s; and,
     in the same run, the rate at which zeep alone deserialises the same messages on one core
     (lxml parse with zeep's settings + zeep's `notifications` element parse against the
-    message's WSDL) -> ratio. Target (issue 3): ratio >= 0.5.
+    message's WSDL) -> ratio. Target: ratio >= 0.5.
 (b) Write-back of a burst of 10,000 CRM writes to 10,000 distinct records through the real
     dispatcher and SalesforceWriter (JWT bearer, HTTPS, sObject Collections) to the Salesforce
     emulator -> API calls (those the org counts against its daily limit) per record written.

@@ -12,7 +12,7 @@ and `apply(base, composed)` puts them in place of those sections of the file's c
 validates the result with `plugin.config.revalidate`: the code that validates the file, so a
 mistake made in Setup gets the message the same mistake gets in the TOML file, attributed to the
 record and field it came from (`RecordProblem`). Any problem refuses the whole version: OnRecord
-keeps the last good one (issue 14: a bad record never stops OnRecord).
+keeps the last good one (a bad record never stops OnRecord).
 
 `version(records)`: the digest of the records' canonical JSON (RFC 8785), whatever their order.
 It names the content: who saved a record and when (LastModifiedBy, SystemModstamp) are carried

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-# The normalised event kinds of DESIGN.md. `timer.fired` is internal: a rule asked to be woken.
+# The normalised event kinds (docs/architecture.md). `timer.fired` is internal: a rule asked to be woken.
 KINDS = frozenset(
     {
         "record.changed",
