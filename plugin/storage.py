@@ -305,15 +305,16 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA foreign_keys=ON")
     # SQLite checkpoints the WAL into the database in whichever connection commits once the WAL
-    # passes the threshold (1,000 pages by default): about once a second under load, and most
-    # often in the inbox writer, whose senders then wait for the copy and its fsync. The worker
-    # process checkpoints every second instead (checkpoint_wal), outside any write transaction;
-    # the higher threshold is the backstop when no worker runs (the WAL stays under ~40 MB).
+    # passes this many pages: under load most often the inbox writer, whose senders then wait for
+    # the copy and its fsync. The worker process also checkpoints every second (checkpoint_wal),
+    # outside any write transaction, so that most copies happen there. The threshold stays at
+    # SQLite's default: at 10,000 pages every process read and wrote through a 40 MB WAL and
+    # bench/pipeline.py measured the web's CPU per event at 1.1 ms instead of 0.65 (docs/benchmarks.md).
     cur.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     cur.close()
 
 
-WAL_AUTOCHECKPOINT_PAGES = 10_000
+WAL_AUTOCHECKPOINT_PAGES = 1_000
 
 
 def checkpoint_wal(engine: Engine) -> int:
