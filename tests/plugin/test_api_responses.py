@@ -37,17 +37,12 @@ from plugin.api_responses import (
 )
 from plugin.app import create_app
 from plugin.config import SIGNAL_KINDS
-from plugin.inbox import insert_events
 from plugin.openapi import model_schemas, openapi3, swagger2
-from plugin.provenance.rule import key_store
-from plugin.rules import load_rules
-from plugin.storage import begin_write, get_engine
-from plugin.worker import Worker
 from tests.conftest import make_config
 from tests.connectors.power_automate.support import API_KEY, API_TOKEN, CALLBACK_KEY, CallbackReceiver
 from tests.plugin.leaders.world import month_of_activity, prepare, store, world_config
-from tests.plugin.provenance.support import FLOW_USER, changed, form
 from tests.plugin.provenance.support import RECORD as FIGURE_RECORD
+from tests.plugin.provenance.support import api_client
 from tests.plugin.rules.support import OBJ, RECORD, proven_chain, status_change
 from tests.plugin.rules.support import form as form_response
 from tests.plugin.test_approvals_view import AUTH as APPROVALS_AUTH
@@ -94,17 +89,7 @@ def refuses_what_it_does_not_describe(model: type[BaseModel], body: dict[str, An
 
 @pytest.fixture
 def provenance_client(sqlite_url: str, tmp_path: Path) -> FlaskClient:
-    config = make_config(
-        sqlite_url, tmp_path, **{"worker.rules": ["plugin.rules:builtin_rules"], "api.tokens": [TOKEN]}
-    )
-    key_store(config).create(datetime.now(UTC))
-    app = create_app(config)
-    engine = get_engine(config.storage.url)
-    with begin_write(engine) as conn:
-        events = [form(0), changed(1, actor=FLOW_USER, Amount="120000.00"), changed(3, StageName="Proposal")]
-        insert_events(conn, events, datetime.now(UTC))
-    Worker(engine, load_rules(config)).run_once()
-    return app.test_client()
+    return api_client(sqlite_url, tmp_path, TOKEN)
 
 
 def test_a_records_provenance_is_its_model(provenance_client: FlaskClient) -> None:

@@ -1,11 +1,21 @@
-"""Events as the connectors produce them, for the provenance tests."""
+"""Events as the connectors produce them, and an API with a processed chain, for the provenance tests."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from flask.testing import FlaskClient
+
+from plugin.app import create_app
 from plugin.events import Event
+from plugin.inbox import insert_events
+from plugin.provenance.rule import key_store
+from plugin.rules import load_rules
+from plugin.storage import begin_write, get_engine
+from plugin.worker import Worker
+from tests.conftest import make_config
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 RECORD = "0065g00000AcmeAAA"
@@ -58,3 +68,19 @@ def form(minutes: float = 0, *, record_id: str = RECORD, response_id: str = "123
             "flow_run_id": "08585371812345",
         },
     )
+
+
+def api_client(database_url: str, tmp_path: Path, token: str) -> FlaskClient:
+    """OnRecord's API with a signing key and one record's chain (a form, a flow's change, a
+    person's change) already processed by the worker; `token` is accepted on /api/*."""
+    config = make_config(
+        database_url, tmp_path, **{"worker.rules": ["plugin.rules:builtin_rules"], "api.tokens": [token]}
+    )
+    key_store(config).create(datetime.now(UTC))
+    app = create_app(config)
+    engine = get_engine(config.storage.url)
+    with begin_write(engine) as conn:
+        events = [form(0), changed(1, actor=FLOW_USER, Amount="120000.00"), changed(3, StageName="Proposal")]
+        insert_events(conn, events, datetime.now(UTC))
+    Worker(engine, load_rules(config)).run_once()
+    return app.test_client()

@@ -10,17 +10,14 @@ import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
 
-from plugin.app import create_app
 from plugin.inbox import insert_events
 from plugin.provenance.keys import keys_from_jwks
-from plugin.provenance.rule import key_store
 from plugin.provenance.verify import verify_chain
 from plugin.rules import load_rules
 from plugin.storage import begin_write, dryrun_records, get_engine, inbox
 from plugin.worker import Worker
-from tests.conftest import make_config
 
-from .support import FLOW_USER, RECORD, changed, form
+from .support import RECORD, api_client, changed
 
 TOKEN = "api-token-for-provenance-tests-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -28,17 +25,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 def client(db_url: str, tmp_path: Path) -> FlaskClient:
-    config = make_config(
-        db_url, tmp_path, **{"worker.rules": ["plugin.rules:builtin_rules"], "api.tokens": [TOKEN]}
-    )
-    key_store(config).create(datetime.now(UTC))
-    app = create_app(config)
-    engine = get_engine(config.storage.url)
-    with begin_write(engine) as conn:
-        events = [form(0), changed(1, actor=FLOW_USER, Amount="120000.00"), changed(3, StageName="Proposal")]
-        insert_events(conn, events, datetime.now(UTC))
-    Worker(engine, load_rules(config)).run_once()
-    return app.test_client()
+    return api_client(db_url, tmp_path, TOKEN)
 
 
 def verify(client: FlaskClient, value: Any, field: str = "Amount") -> dict[str, Any]:
