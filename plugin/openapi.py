@@ -34,7 +34,7 @@ from pydantic_core import CoreSchema
 
 from plugin import registry
 from plugin.api_models import CitationRequest, VerifyRequest
-from plugin.api_responses import INLINE, RESPONSE_MODELS, SignalCounts
+from plugin.api_responses import INLINE, RESPONSE_MODELS
 from plugin.runtime import runtime
 
 TITLE: Final = "OnRecord"
@@ -58,11 +58,6 @@ Auth = Literal["api", "hook"]
 def ref(name: str) -> dict[str, Any]:
     """A reference to another schema of :func:`schemas` (resolved per rendering)."""
     return {"$ref": name}
-
-
-# GET /api/leaders: one count per leader signal kind (plugin.config.SIGNAL_KINDS, in order), as the
-# response model has them (tests/plugin/leaders/test_core.py holds the two lists together).
-_SIGNAL_COUNTS: Final = {name: info.description for name, info in SignalCounts.model_fields.items()}
 
 
 # -- request and response bodies, from their models ---------------------------------------------

@@ -209,12 +209,6 @@ def _unhex(text: str | None) -> bytes:
         return b""  # not a hash: it verifies as nothing
 
 
-def logged_size(conn: sa.Connection) -> int:
-    """How many leaves the log has: one past the highest log index (an index lookup, not a count)."""
-    last = conn.execute(sa.select(sa.func.max(provenance_statements.c.log_index))).scalar()
-    return 0 if last is None else int(last) + 1
-
-
 def integrate(
     engine: Engine, key: SigningKey, origin: str, now: datetime, audit: int | None = None
 ) -> Integrated:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from plugin.api_responses import SignalCounts
 from plugin.config import DEFAULT_WEIGHTS, SIGNAL_KINDS
 from plugin.directory import Directory, Person
 from plugin.leaders import FactRow, PeriodError, aggregate, resolve_leaders
@@ -21,7 +22,6 @@ from plugin.leaders.periods import (
     periods_between,
     previous_period,
 )
-from plugin.openapi import _SIGNAL_COUNTS
 from tests.conftest import make_config
 from tests.plugin.leaders.world import ANA, BO, CARLA, DEV, EVE, INTEGRATION, human
 
@@ -208,7 +208,8 @@ def test_champions_are_the_best_clean_scores_over_the_threshold_ties_by_name() -
 
 
 def test_the_api_schema_lists_every_kind() -> None:
-    assert list(_SIGNAL_COUNTS) == list(SIGNAL_KINDS)
+    # GET /api/leaders' counts: one per signal kind, in order, as the response model has them.
+    assert list(SignalCounts.model_fields) == list(SIGNAL_KINDS)
 
 
 # --- a fact is a leader's exactly when the directory says it is the same person ------------------
