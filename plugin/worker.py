@@ -40,8 +40,9 @@ def worker_id() -> str:
     return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _insert(conn: sa.Connection) -> Any:
-    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+def _insert(dialect: str) -> Any:
+    """The INSERT with ON CONFLICT of this dialect (PostgreSQL's or SQLite's)."""
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 class _TxState(StateReader):
@@ -161,7 +162,7 @@ class Worker:
         with begin_write(self.engine) as conn:
             # executemany, not .values([...]): a multi-row VALUES is compiled anew for every batch
             # (~20 ms for 200 keys); this statement is compiled once and cached.
-            stmt = _insert(conn)(key_leases)
+            stmt = _insert(conn.dialect.name)(key_leases)
             stmt = stmt.on_conflict_do_update(
                 index_elements=["ordering_key"],
                 set_={"owner": stmt.excluded.owner, "lease_until": stmt.excluded.lease_until},
@@ -379,7 +380,7 @@ class _Staged:
 
     def writes(self, dialect: str, changes: dict[str, Any], now: datetime) -> list[_Write]:
         """The pass's inserts and upserts: state changes (deletions apart), outbox, timers, facts."""
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        insert = _insert(dialect)
         found: list[_Write] = []
         upserts = [{"key": k, "value": v, "updated_at": now} for k, v in changes.items() if v is not None]
         if upserts:

@@ -415,6 +415,8 @@ _INSERT_CHECKPOINT = provenance_checkpoints.insert()
 _INSERT_STATEMENT = provenance_statements.insert()
 _PENDING_AFTER = PENDING_PREFIX[:-1] + chr(ord(PENDING_PREFIX[-1]) + 1)
 # A key range (not LIKE): both databases answer it from the primary key's index.
+_IS_PENDING = sa.and_(rule_state.c.key >= PENDING_PREFIX, rule_state.c.key < _PENDING_AFTER)
+# A key range (not LIKE): both databases answer it from the primary key's index.
 # Statements taken per pass: a backlog is sequenced in passes of this many, each its own short
 # transaction, so the inbox writer (which acknowledges senders) waits for one pass at most, not for
 # all of a backlog at once (5,000 statements held the write lock for seconds).
@@ -422,7 +424,7 @@ PENDING_PER_PASS = 250
 
 _SELECT_PENDING = (
     sa.select(rule_state.c.key, rule_state.c.value)
-    .where(rule_state.c.key >= PENDING_PREFIX, rule_state.c.key < _PENDING_AFTER)
+    .where(_IS_PENDING)
     .order_by(rule_state.c.updated_at, rule_state.c.key)
     .limit(PENDING_PER_PASS)
 )
@@ -727,9 +729,7 @@ def record_chain(conn: sa.Connection, obj: str, record_id: str) -> list[dict[str
 def has_work(engine: Engine) -> bool:
     """Whether a sequencer pass would do anything: statements pending or unlogged, or no checkpoint
     yet. Read without the write lock, so an idle job leaves it alone."""
-    pending = sa.select(rule_state.c.key).where(
-        rule_state.c.key >= PENDING_PREFIX, rule_state.c.key < _PENDING_AFTER
-    )
+    pending = sa.select(rule_state.c.key).where(_IS_PENDING)
     unlogged = sa.select(provenance_statements.c.id).where(provenance_statements.c.log_index.is_(None))
     checkpoint = sa.select(provenance_checkpoints.c.tree_size)
     with engine.connect() as conn:
